@@ -1,0 +1,290 @@
+"""Pyramid Attention Broadcast on diffusers transformers, through the `diffusers.hooks` machinery.
+
+One root hook on the transformer reads the timestep from the transformer's own forward arguments, names the CFG pass
+(the pipeline's `cache_context`, e.g. "cond"/"uncond"), and notices when a new generation starts. One broadcast hook
+per classified module then applies the paper's rule per pass: each pass has its own counter and cache, so a two-pass
+CFG model never reuses the conditional output for the unconditional pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .adapters import MLP_KIND, ModelAdapter, adapter_for
+from .config import PABConfig, PABConfigError
+from .stats import OTHER_KIND, PABStats, comm_scope
+
+ROOT_HOOK = "pab_timestep"
+BROADCAST_HOOK = "pab_broadcast"
+_DIFFUSERS_PAB_HOOK = "pyramid_attention_broadcast"
+DEFAULT_BRANCH = "default"
+
+
+class PABApplyError(ValueError):
+    """PAB cannot be applied as asked (already applied, unsupported model, no module matched)."""
+
+
+class _ContextOnly(BaseState):
+    """Placeholder state: the root hook's StateManager only receives the pipeline's cache_context name."""
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass
+class GenerationState:
+    """Shared by every hook of one `apply_pab`: where the denoising loop is and what has been counted."""
+
+    config: PABConfig
+    stats: PABStats
+    two_pass_cfg: bool
+    generation: int = 0
+    timestep: float = 0.0
+    branch: str = DEFAULT_BRANCH
+    last_timestep: float | None = None
+    calls_at_timestep: int = 0
+    pending_reset: bool = True
+
+    def begin_forward(self, timestep: float, context_name: str | None) -> None:
+        if self.pending_reset or (self.last_timestep is not None and timestep > self.last_timestep):
+            self.start_generation()
+        if timestep == self.last_timestep:
+            self.calls_at_timestep += 1
+        else:
+            self.calls_at_timestep = 0
+        self.timestep = timestep
+        self.last_timestep = timestep
+        if context_name is not None:
+            self.branch = context_name
+        elif self.two_pass_cfg:  # no cache_context from the pipeline: the n-th call at a timestep is the n-th pass
+            self.branch = f"pass{self.calls_at_timestep}"
+        else:
+            self.branch = DEFAULT_BRANCH
+        self.stats.forwards += 1
+
+    def start_generation(self) -> None:
+        self.generation += 1
+        self.pending_reset = False
+        self.last_timestep = None
+        self.calls_at_timestep = 0
+        self.stats.reset()
+        self.stats.preset = self.config.name
+
+
+class TimestepHook(ModelHook):
+    """Root hook: reads the timestep and CFG pass, and scopes collectives issued outside classified modules."""
+
+    _is_stateful = True
+
+    def __init__(self, state: GenerationState, timestep_position: int | None) -> None:
+        super().__init__()
+        self.state = state
+        self.timestep_position = timestep_position
+        self.context = StateManager(_ContextOnly)  # diffusers' cache_context() sets names on StateManager attributes
+
+    def _read_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        value = kwargs.get("timestep")
+        if value is None and self.timestep_position is not None and len(args) > self.timestep_position:
+            value = args[self.timestep_position]
+        if value is None:
+            raise PABApplyError("PAB needs the diffusion timestep, but the transformer was called without `timestep`")
+        if isinstance(value, torch.Tensor):
+            return float(value.detach().float().max())
+        return float(value)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        context = self.context._context
+        self.state.begin_forward(self._read_timestep(args, kwargs), context.name if context else None)
+        with comm_scope(self.state.stats, OTHER_KIND):
+            return self.fn_ref.original_forward(*args, **kwargs)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        # Pipelines reset stateful hooks when a call ends: keep the finished generation's stats readable until the
+        # next generation starts, but start that one from scratch.
+        self.state.pending_reset = True
+        return module
+
+
+@dataclass
+class _PassState:
+    counter: int = 0
+    cache: Any = None
+    comm_log: list[tuple[str, int]] = field(default_factory=list)
+    last_timestep: float | None = None
+    reuse_left: int = 0
+
+
+class BroadcastHook(ModelHook):
+    """Per-module hook: compute, or return the output cached by this module in this CFG pass."""
+
+    _is_stateful = True
+
+    def __init__(self, state: GenerationState, name: str, kind: str, block: int) -> None:
+        super().__init__()
+        self.state = state
+        self.name = name
+        self.kind = kind
+        self.block = block
+        self.passes: dict[str, _PassState] = {}
+        self.generation = -1
+
+    def _pass_state(self) -> _PassState:
+        if self.generation != self.state.generation:
+            self.passes.clear()
+            self.generation = self.state.generation
+        return self.passes.setdefault(self.state.branch, _PassState())
+
+    def _should_broadcast(self, ps: _PassState, timestep: float) -> bool:
+        config = self.state.config
+        if self.kind == MLP_KIND:
+            rule = config.mlp
+            if rule is None or rule.range < 2 or self.block not in rule.blocks:
+                return False
+            previous = float("inf") if ps.last_timestep is None else ps.last_timestep
+            if any(previous > anchor >= timestep for anchor in rule.timesteps):
+                ps.reuse_left = rule.range - 1  # this step computes the output the next steps reuse
+                return False
+            if ps.reuse_left > 0 and ps.cache is not None:
+                ps.reuse_left -= 1
+                return True
+            return False
+        rule = config.rule_for(self.kind)
+        return rule is not None and ps.cache is not None and rule.broadcasts(ps.counter, timestep)
+
+    def _keeps_cache(self) -> bool:
+        config = self.state.config
+        if self.kind == MLP_KIND:
+            return config.mlp is not None and config.mlp.range > 1 and self.block in config.mlp.blocks
+        rule = config.rule_for(self.kind)
+        return rule is not None and rule.range > 1
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        ps = self._pass_state()
+        timestep = self.state.timestep
+        stats = self.state.stats
+        counts = stats.kinds[self.kind]
+        counts.calls += 1
+        if self._should_broadcast(ps, timestep):
+            counts.broadcast += 1
+            for op, nbytes in ps.comm_log:
+                stats.book_skipped(self.kind, op, nbytes)
+            output = ps.cache
+        else:
+            log: list[tuple[str, int]] = []
+            with comm_scope(stats, self.kind, log):
+                output = self.fn_ref.original_forward(*args, **kwargs)
+            counts.computed += 1
+            ps.comm_log = log
+            if self._keeps_cache():
+                ps.cache = output
+        ps.counter += 1
+        ps.last_timestep = timestep
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.passes.clear()  # frees the cached activations between generations
+        return module
+
+
+class PABHandle:
+    """What `apply_pab` returns: the live stats, and the way to reconfigure, reset or remove PAB."""
+
+    def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, state: GenerationState,
+                 modules: dict[str, tuple[str, int]]) -> None:
+        self.transformer = transformer
+        self.adapter = adapter
+        self._state = state
+        self.modules = modules
+        self._removed = False
+
+    @property
+    def config(self) -> PABConfig:
+        return self._state.config
+
+    @property
+    def stats(self) -> PABStats:
+        return self._state.stats
+
+    def module_counts(self) -> dict[str, int]:
+        """How many modules of each kind carry a broadcast hook."""
+        counts: dict[str, int] = {}
+        for kind, _ in self.modules.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def configure(self, config: PABConfig) -> None:
+        """Swap the rules; takes effect from the next generation on (caches start empty)."""
+        if not isinstance(config, PABConfig):
+            raise PABConfigError(f"config must be a PABConfig, got {type(config).__name__}")
+        self._state.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the next forward as a new generation (counters, caches and stats from zero)."""
+        self._state.pending_reset = True
+        self._state.stats.preset = self._state.config.name
+
+    def remove(self) -> None:
+        if self._removed:
+            return
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        registry.remove_hook(BROADCAST_HOOK, recurse=True)
+        registry.remove_hook(ROOT_HOOK, recurse=False)
+        registry.invalidate_child_registries_cache()
+        del self.transformer._pab_handle
+        self._removed = True
+
+
+def _timestep_position(transformer: torch.nn.Module) -> int | None:
+    params = list(inspect.signature(type(transformer).forward).parameters)
+    return params.index("timestep") - 1 if "timestep" in params else None  # minus `self`
+
+
+def _has_hook(module: torch.nn.Module, name: str) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and name in registry.hooks
+
+
+def apply_pab(transformer: torch.nn.Module, config: PABConfig, adapter: ModelAdapter | None = None) -> PABHandle:
+    """
+    Attach Pyramid Attention Broadcast to a diffusers video transformer.
+
+    Args:
+        transformer: e.g. `pipe.transformer` of a Latte, CogVideoX or Wan pipeline.
+        config: the rules, e.g. `get_preset("PAB-246", model="latte")`.
+        adapter: which modules are spatial / temporal / cross / MLP; found from the class when omitted.
+    """
+    if not isinstance(config, PABConfig):
+        raise PABConfigError(f"config must be a PABConfig, got {type(config).__name__}; see pab.presets.get_preset")
+    if getattr(transformer, "_pab_handle", None) is not None:
+        raise PABApplyError("PAB is already applied to this transformer; use handle.configure(config) or handle.remove()")
+    if any(_has_hook(m, _DIFFUSERS_PAB_HOOK) for m in transformer.modules()):
+        raise PABApplyError("diffusers' own pyramid attention broadcast is applied to this transformer; remove it first")
+    adapter = adapter or adapter_for(transformer)
+    position = _timestep_position(transformer)
+    if position is None:
+        raise PABApplyError(f"{type(transformer).__name__}.forward takes no `timestep` argument; PAB cannot follow the steps")
+
+    state = GenerationState(config=config, stats=PABStats(preset=config.name), two_pass_cfg=adapter.two_pass_cfg)
+    modules: dict[str, tuple[str, int]] = {}
+    for name, kind, block, module in adapter.iter_modules(transformer):
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(
+            BroadcastHook(state, name, kind, block), BROADCAST_HOOK
+        )
+        modules[name] = (kind, block)
+    if not modules:
+        raise PABApplyError(
+            f"adapter {adapter.name!r} matched no module of {type(transformer).__name__}; check its patterns"
+        )
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(TimestepHook(state, position), ROOT_HOOK)
+    registry.invalidate_child_registries_cache()
+    handle = PABHandle(transformer, adapter, state, modules)
+    transformer._pab_handle = handle
+    return handle

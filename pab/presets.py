@@ -1,0 +1,84 @@
+"""Named PAB settings: the paper's pyramids (PAB-246/357/579) and the reference defaults per model (PAPER.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ATTENTION_KINDS, BroadcastRule, MLPBroadcastRule, PABConfig, PABConfigError
+
+
+def _rules(window: tuple[float, float], spatial: int | None, temporal: int | None, cross: int | None) -> dict[str, Any]:
+    ranges = {"spatial": spatial, "temporal": temporal, "cross": cross}
+    return {k: None if r is None else BroadcastRule(range=r, window=window) for k, r in ranges.items()}
+
+
+# VideoSys reference defaults (PAPER.md, "Reference defaults"): model family -> PABConfig.
+REFERENCE_DEFAULTS: dict[str, PABConfig] = {
+    "opensora": PABConfig(
+        **_rules((450, 930), 2, 4, 6),
+        mlp=MLPBroadcastRule(blocks=tuple(range(5)), timesteps=(676, 788, 864), range=2),
+        name="reference:opensora",
+    ),
+    "latte": PABConfig(
+        **_rules((100, 800), 2, 3, 6),
+        mlp=MLPBroadcastRule(blocks=tuple(range(5)), timesteps=(720, 640, 560, 480, 400), range=2),
+        name="reference:latte",
+    ),
+    "opensora-plan-v1.1": PABConfig(
+        **_rules((100, 850), 2, 4, 6),
+        mlp=MLPBroadcastRule(blocks=tuple(range(7)), timesteps=tuple(range(738, 425, -24)), range=2),
+        name="reference:opensora-plan-v1.1",
+    ),
+    "opensora-plan-v1.2": PABConfig(**_rules((100, 850), 2, None, 6), name="reference:opensora-plan-v1.2"),
+    "cogvideox": PABConfig(**_rules((100, 850), 2, None, None), name="reference:cogvideox"),
+    "vchitect": PABConfig(**_rules((100, 800), 2, 4, 6), name="reference:vchitect"),
+}
+
+PYRAMIDS: dict[str, tuple[int, int, int]] = {"PAB-246": (2, 4, 6), "PAB-357": (3, 5, 7), "PAB-579": (5, 7, 9)}
+MLP_SUFFIX = "+mlp"
+PRESET_NAMES: tuple[str, ...] = ("none", *PYRAMIDS, "reference")
+"""Preset names; any pyramid may carry the `+mlp` suffix to add the model's reference MLP broadcast."""
+
+DEFAULT_WINDOW = (100.0, 800.0)
+
+
+def reference_family(model: Any) -> str:
+    """Resolve a model family key, an adapter name or a `ModelAdapter` to a key of `REFERENCE_DEFAULTS`."""
+    if model is None:
+        return "latte"
+    if isinstance(model, str) and model in REFERENCE_DEFAULTS:
+        return model
+    from .adapters import get_adapter  # presets stay importable without the adapter table
+
+    adapter = model if hasattr(model, "reference") else get_adapter(str(model))
+    return adapter.reference
+
+
+def get_preset(name: str, model: Any = None) -> PABConfig:
+    """
+    Return the named preset for `model` (an adapter name such as "latte", a reference family, or a `ModelAdapter`).
+
+    Pyramids take their windows from the model's reference default, so "PAB-246" on Open-Sora broadcasts inside
+    (450, 930) and on Latte inside (100, 800). Kinds the model lacks are simply never matched by its adapter.
+    """
+    if not isinstance(name, str):
+        raise PABConfigError(f"preset must be a string, one of {list(PRESET_NAMES)}")
+    family = reference_family(model)
+    reference = REFERENCE_DEFAULTS[family]
+    if name == "none":
+        return PABConfig.disabled()
+    if name == "reference":
+        return reference
+    base, with_mlp = (name[: -len(MLP_SUFFIX)], True) if name.endswith(MLP_SUFFIX) else (name, False)
+    if base not in PYRAMIDS:
+        raise PABConfigError(
+            f"unknown preset {name!r}; choose one of {list(PRESET_NAMES)} (pyramids may add '{MLP_SUFFIX}')"
+        )
+    if with_mlp and reference.mlp is None:
+        raise PABConfigError(f"preset {name!r}: the {family} reference defines no MLP broadcast; drop '{MLP_SUFFIX}'")
+    fallback = next((r.window for r in (reference.spatial, reference.temporal, reference.cross) if r), DEFAULT_WINDOW)
+    rules = {}
+    for kind, rng in zip(ATTENTION_KINDS, PYRAMIDS[base]):
+        ref_rule = reference.rule_for(kind)
+        rules[kind] = BroadcastRule(range=rng, window=ref_rule.window if ref_rule else fallback)
+    return PABConfig(**rules, mlp=reference.mlp if with_mlp else None, name=name)
