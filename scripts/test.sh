@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (.venv, pinned packages, prometheus) and run the whole test suite inside a loopback-only namespace.
+#   usage: scripts/test.sh [PYTEST ARGS...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+exec scripts/loopback-only .venv/bin/python -m pytest "$@"
