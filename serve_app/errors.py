@@ -1,0 +1,61 @@
+"""Errors in the OpenAI shape: `{"error": {"message", "type", "param", "code"}}` with a matching HTTP status.
+
+The openai SDK turns the status into its exception class (400 BadRequestError, 401 AuthenticationError,
+404 NotFoundError, 409 ConflictError, ...) and shows `message`, so every message names the field and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    """An error the client caused or should see; `to_body()` is what goes on the wire."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def limit_exceeded(limit: str, value: int, bound: int, param: str | None, hint: str) -> APIError:
+    """A request above a configured limit; the message names the limit (as in the app config) and the fix."""
+    fix = f"reduce {param}" if param else "reduce frames, size or steps"
+    return APIError(
+        400,
+        f"{hint}: {value} exceeds the limit {limit}={bound} configured for this server; {fix}",
+        param=param,
+        code="limit_exceeded",
+    )
+
+
+def not_found(what: str, ident: str, param: str | None = None) -> APIError:
+    return APIError(404, f"no {what} with id {ident!r}", type="invalid_request_error", param=param, code="not_found")
+
+
+def unauthorized(message: str) -> APIError:
+    return APIError(401, message, type="authentication_error", code="invalid_api_key")
+
+
+def server_error(message: str, code: str = "server_error") -> APIError:
+    return APIError(500, message, type="server_error", code=code)

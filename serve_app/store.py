@@ -1,0 +1,210 @@
+"""Job records and finished videos in a directory or any fsspec URL, so that no replica's memory is the only copy.
+
+Layout under the root, one folder per job so a delete is one recursive remove:
+
+    videos/<id>/request.json   written once by the ingress that accepted the job (`JobRecord`)
+    videos/<id>/state.json     status and progress (`JobState`): the generator and its rank-0 worker write it while
+                               the job runs; the ingress writes it only to record a failure the generator could not
+    videos/<id>/video.mp4, thumbnail.webp, spritesheet.jpeg
+    models/<name>.json         the served model's card, published by each generator replica as it starts
+
+Job ids start with their creation time in hex, so listing the folder in name order lists jobs in creation order and a
+page reads only the records it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Any, Literal
+from urllib.parse import quote
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict
+
+from .schemas import CONTENT_FORMATS, GenerationRequest
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+_ID_PREFIX = "video_"
+
+
+def new_job_id() -> str:
+    """`video_` + creation time in microseconds (13 hex digits, sorts in time order) + 48 random bits."""
+    return f"{_ID_PREFIX}{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+
+
+class JobRecord(BaseModel):
+    """What was asked: the request with every default resolved, so a re-dispatched job renders the same video."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    created_at: int
+    submitted_at: float
+    request: GenerationRequest
+
+
+class JobState(BaseModel):
+    """Where the job is. No state file at all means `queued`."""
+
+    status: JobStatus = "queued"
+    progress: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    error: dict[str, Any] | None = None
+    stats: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    updated_at: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class JobStore:
+    r"""
+    A job store rooted at `url`: a local path (`~` expanded) or any fsspec URL such as `s3://bucket/prefix`.
+
+    Every writer writes whole files; local writes go through a rename so readers never see half a file.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if "://" not in url:
+            url = os.path.abspath(os.path.expanduser(url))
+        self._fs, root = fsspec.core.url_to_fs(url)
+        self._root = root.rstrip("/")
+        self._local = isinstance(self._fs, LocalFileSystem)
+        self._fs.makedirs(self._dir(), exist_ok=True)
+
+    # paths -----------------------------------------------------------------------------------------------------
+    def _dir(self, job_id: str | None = None) -> str:
+        base = f"{self._root}/videos"
+        if job_id is None:
+            return base
+        if not job_id.startswith(_ID_PREFIX) or not job_id[len(_ID_PREFIX) :].isalnum():
+            raise KeyError(job_id)  # never let an id from a URL walk outside the store
+        return f"{base}/{job_id}"
+
+    def _path(self, job_id: str, name: str) -> str:
+        return f"{self._dir(job_id)}/{name}"
+
+    # raw I/O ---------------------------------------------------------------------------------------------------
+    def _write(self, path: str, data: bytes) -> None:
+        if self._local:
+            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+            self._fs.pipe_file(tmp, data)
+            os.replace(tmp, path)
+        else:
+            self._fs.pipe_file(path, data)
+
+    def _read(self, path: str) -> bytes | None:
+        try:
+            return self._fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    # jobs ------------------------------------------------------------------------------------------------------
+    def create(self, record: JobRecord) -> None:
+        self._fs.makedirs(self._dir(record.id), exist_ok=True)
+        self._write(self._path(record.id, "request.json"), record.model_dump_json().encode())
+
+    def exists(self, job_id: str) -> bool:
+        try:
+            return self._fs.exists(self._path(job_id, "request.json"))
+        except KeyError:
+            return False
+
+    def record(self, job_id: str) -> JobRecord | None:
+        try:
+            raw = self._read(self._path(job_id, "request.json"))
+        except KeyError:
+            return None
+        return None if raw is None else JobRecord.model_validate_json(raw)
+
+    def state(self, job_id: str) -> JobState:
+        """The job's state; `queued` when nobody has written one yet."""
+        raw = self._read(self._path(job_id, "state.json"))
+        return JobState() if raw is None else JobState.model_validate_json(raw)
+
+    def set_state(self, job_id: str, state: JobState) -> bool:
+        """Write the state unless the job was deleted meanwhile (returns whether it was written)."""
+        if not self.exists(job_id):
+            return False
+        state = state.model_copy(update={"updated_at": time.time()})
+        self._write(self._path(job_id, "state.json"), state.model_dump_json().encode())
+        return True
+
+    def put_content(self, job_id: str, variant: str, data: bytes) -> None:
+        self._write(self._path(job_id, f"{variant}.{CONTENT_FORMATS[variant]}"), data)
+
+    def content(self, job_id: str, variant: str) -> bytes | None:
+        return self._read(self._path(job_id, f"{variant}.{CONTENT_FORMATS[variant]}"))
+
+    def delete(self, job_id: str) -> bool:
+        if not self.exists(job_id):
+            return False
+        self._fs.rm(self._dir(job_id), recursive=True)
+        return True
+
+    # model cards -----------------------------------------------------------------------------------------------
+    def _card_path(self, name: str) -> str:
+        return f"{self._root}/models/{quote(name, safe='')}.json"
+
+    def put_card(self, name: str, card_json: str) -> None:
+        """Publish a served model's card (`serve_app.model_card.ModelCard` JSON) for the ingress to read."""
+        self._fs.makedirs(f"{self._root}/models", exist_ok=True)
+        self._write(self._card_path(name), card_json.encode())
+
+    def card(self, name: str) -> str | None:
+        raw = self._read(self._card_path(name))
+        return None if raw is None else raw.decode()
+
+    def ids(self) -> list[str]:
+        """Every job id, oldest first."""
+        self._fs.invalidate_cache(self._dir())
+        try:
+            names = self._fs.ls(self._dir(), detail=False)
+        except FileNotFoundError:
+            return []
+        ids = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return sorted(i for i in ids if i.startswith(_ID_PREFIX))
+
+    def page(self, *, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
+        """One page of records after the cursor id in the given order, and whether more follow."""
+        ids = self.ids()
+        if order == "desc":
+            ids.reverse()
+        if after is not None:
+            ids = [i for i in ids if (i > after if order == "asc" else i < after)]
+        records: list[JobRecord] = []
+        for job_id in ids:
+            if len(records) == limit:
+                return records, True
+            record = self.record(job_id)  # None when deleted since the listing
+            if record is not None:
+                records.append(record)
+        return records, False
+
+
+class ProgressWriter:
+    """The `on_step(step, total)` callback of a job: writes `in_progress` with the step fraction, at most every
+    `interval_s` seconds (the last step always), capped at 99 so only a stored video reads as 100."""
+
+    def __init__(self, store: JobStore, job_id: str, started_at: int, interval_s: float) -> None:
+        self._store, self._job_id, self._started_at, self._interval = store, job_id, started_at, interval_s
+        self._last_write = 0.0
+        self._last_progress = -1
+
+    def __call__(self, step: int, total: int) -> None:
+        progress = min(99, int(99 * step / max(total, 1)))
+        now = time.monotonic()
+        if progress <= self._last_progress or (step < total and now - self._last_write < self._interval):
+            return
+        self._store.set_state(
+            self._job_id, JobState(status="in_progress", progress=progress, started_at=self._started_at)
+        )
+        self._last_write, self._last_progress = now, progress
