@@ -1,0 +1,131 @@
+"""The analytic communication count: what each rank must send in one generation, derived from the model config,
+the latent shape, the degrees and the PAB schedule, without running anything.
+
+Tests and the benchmark compare it with what `pab.stats` recorded, byte for byte. Bytes are those a rank sends to
+others (see `pab.parallel.comm`); every rank of a replica sends the same amount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Sequence
+
+import torch
+
+from ..adapters import MLP_KIND, adapter_for
+from ..config import PABConfig
+from ..stats import OTHER_KIND, PABStats
+from .apply import video_tokens
+from .comm import ALL_GATHER, ALL_TO_ALL
+from .config import ParallelConfig
+
+Collective = tuple[str, int]  # (op, bytes sent by this rank)
+
+
+def _a2a(elements: int, n: int, elem: int) -> Collective:
+    return (ALL_TO_ALL, elements * elem * (n - 1) // n)
+
+
+def _gather(elements: int, n: int, elem: int) -> Collective:
+    return (ALL_GATHER, elements * elem * (n - 1))
+
+
+@dataclass
+class ForwardComm:
+    r"""
+    Collectives of one computing transformer forward on one rank.
+
+    Args:
+        per_module: per attention kind, the collectives one computed module of that kind issues.
+        modules: per attention kind, how many modules of that kind one forward calls.
+        other: collectives outside attention modules (output gathers), every forward.
+        passes: computing forwards per denoising step on this rank, by CFG pass name.
+    """
+
+    per_module: dict[str, list[Collective]] = field(default_factory=dict)
+    modules: dict[str, int] = field(default_factory=dict)
+    other: list[Collective] = field(default_factory=list)
+    passes: tuple[str, ...] = ("default",)
+
+
+def forward_comm(
+    transformer: torch.nn.Module,
+    config: ParallelConfig,
+    latent_shape: Sequence[int],
+    *,
+    text_len: int = 0,
+    cfg_on: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> ForwardComm:
+    r"""
+    Args:
+        transformer: the (unsharded) transformer; its adapter and config give kinds, module counts, heads, channels.
+        config: the degrees and scheme.
+        latent_shape: the transformer input as the pipeline passes it (batch includes both CFG halves when batched).
+        text_len: text tokens (CogVideoX's joint attention gathers their output over heads).
+        cfg_on: whether this generation uses CFG (two-pass pipelines exchange passes only then).
+    """
+    adapter = adapter_for(transformer)
+    model, n, m = adapter.name, config.sp_degree, config.cfg_degree
+    strategy = config.resolve_strategy(adapter.sp_strategy)
+    elem = torch.empty((), dtype=dtype).element_size()
+    tconf = transformer.config
+    channels = tconf.num_attention_heads * tconf.attention_head_dim
+    out_channels = tconf.out_channels or tconf.in_channels
+    batch = latent_shape[0]
+    frames, per_frame = video_tokens(model, transformer, tuple(latent_shape))
+    modules: dict[str, int] = {}
+    for _, kind, _, _ in adapter.iter_modules(transformer):
+        if kind != MLP_KIND:
+            modules[kind] = modules.get(kind, 0) + 1
+    result = ForwardComm(modules=modules)
+
+    two_pass = adapter.two_pass_cfg
+    local_batch = batch // m if (m > 1 and not two_pass and batch % m == 0) else batch
+    if two_pass and cfg_on:
+        result.passes = ("cond",) if m > 1 else ("cond", "uncond")
+    elif two_pass:
+        result.passes = ("cond",)
+
+    channel_dim = 2 if model == "cogvideox" else 1  # [B, F, C, H, W] vs [B, C, F, H, W]
+    output_elements = local_batch * out_channels * prod(latent_shape[1:]) // latent_shape[channel_dim]
+
+    if n > 1:
+        if model == "latte":
+            local_tokens = local_batch * frames * per_frame // n
+            if strategy == "dsp":
+                result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 2
+            else:
+                result.per_module["spatial"] = [_a2a(local_tokens * channels, n, elem)] * 4
+                result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 4
+            result.other.append(_gather(output_elements // n, n, elem))
+        else:
+            video = frames * per_frame
+            attention = [_a2a(local_batch * video // n * channels, n, elem)] * 4
+            if model == "cogvideox":
+                attention.append(_gather(local_batch * text_len * channels // n, n, elem))
+            result.per_module["spatial"] = attention
+            result.other.append(_gather(output_elements // n, n, elem))
+    if m > 1 and (two_pass and cfg_on or not two_pass and batch % m == 0):
+        result.other.append(_gather(output_elements, m, elem))
+    return result
+
+
+def predict_stats(comm: ForwardComm, timesteps: Sequence[float], pab: PABConfig | None = None) -> PABStats:
+    """The issued and skipped collectives of one generation, booked like `pab.hooks` books them."""
+    pab = pab or PABConfig.disabled()
+    stats = PABStats(preset=pab.name)
+    for pass_name in comm.passes:
+        for step, timestep in enumerate(timesteps):
+            for op, nbytes in comm.other:
+                stats.book_issued(OTHER_KIND, op, nbytes)
+            for kind, count in comm.modules.items():
+                rule = pab.rule_for(kind)
+                # The module's counter equals the step index; step 0 computes (0 % range == 0) and fills the cache.
+                broadcast = rule is not None and rule.range > 1 and rule.broadcasts(step, float(timestep))
+                book = stats.book_skipped if broadcast else stats.book_issued
+                for _ in range(count):
+                    for op, nbytes in comm.per_module.get(kind, []):
+                        book(kind, op, nbytes)
+    return stats

@@ -1,0 +1,112 @@
+"""A generation split over 2 and 4 CPU processes (gloo) equals the single-process generation, and every rank sends
+exactly the bytes the broadcast schedule predicts; broadcast steps issue no collective at all.
+
+Ranks are spawned once per world size and run all their cases in one group. Run inside the loopback namespace:
+    ../shared/bin/loopback-only .venv/bin/python -m pytest tests/pab/parallel
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pab.parallel.launch import RankOutcome, run_ranks
+
+from .workers import Case, fail_mid_generation, generate, run_cases
+
+CASES = {
+    2: [
+        Case("latte", 2, 1, "dsp", "none"),
+        Case("latte", 2, 1, "dsp", "PAB-246"),
+        Case("latte", 1, 2, "auto", "PAB-246"),
+        Case("cogvideox", 2, 1, "auto", "none"),
+        Case("cogvideox", 2, 1, "auto", "PAB-246"),
+        Case("cogvideox", 1, 2, "auto", "none"),
+        Case("wan", 2, 1, "auto", "none"),
+        Case("wan", 2, 1, "auto", "PAB-246"),
+        Case("wan", 1, 2, "auto", "PAB-246"),
+        Case("wan", 1, 2, "auto", "PAB-246", guidance=1.0),
+    ],
+    4: [
+        Case("latte", 4, 1, "dsp", "PAB-246"),
+        Case("latte", 2, 2, "dsp", "PAB-246"),
+        Case("latte", 4, 1, "ulysses", "PAB-246"),
+        Case("cogvideox", 2, 2, "auto", "PAB-246"),
+        Case("wan", 2, 2, "auto", "PAB-246"),
+        Case("wan", 4, 1, "auto", "none"),
+    ],
+}
+ALL = [(world, case) for world, cases in CASES.items() for case in cases]
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> dict[int, list[RankOutcome]]:
+    results = {world: run_ranks(run_cases, world, cases, timeout_s=60) for world, cases in CASES.items()}
+    for world, ranks in results.items():
+        failed = [o for o in ranks if not o.ok]
+        assert not failed, f"{world} ranks: " + "\n".join(f"rank {o.rank}: {o.error}" for o in failed)
+    return results
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[tuple[str, str, float], np.ndarray]:
+    return {}
+
+
+def _reference(refs: dict[Any, np.ndarray], case: Case) -> np.ndarray:
+    key = (case.model, case.pab, case.guidance)
+    if key not in refs:
+        refs[key] = generate(Case(case.model, 1, 1, "auto", case.pab, case.guidance), parallel=False)["video"]
+    return refs[key]
+
+
+@pytest.mark.parametrize("world,case", ALL, ids=[f"{w}ranks-{c.name}" for w, c in ALL])
+def test_parallel_output_equals_single_process(outcomes, references, world: int, case: Case) -> None:
+    expected = _reference(references, case)
+    for o in outcomes[world]:
+        got = o.value[case.name]["video"]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4, err_msg=f"rank {o.rank}")
+
+
+@pytest.mark.parametrize("world,case", ALL, ids=[f"{w}ranks-{c.name}" for w, c in ALL])
+def test_counted_collectives_equal_schedule(outcomes, world: int, case: Case) -> None:
+    for o in outcomes[world]:
+        r = o.value[case.name]
+        assert r["issued"] == r["predicted_issued"], f"rank {o.rank}"
+        assert r["skipped"] == r["predicted_skipped"], f"rank {o.rank}"
+        assert r["steps"] == r["predicted_steps"], f"rank {o.rank}: per-step issued calls"
+        if case.pab != "none" and (case.sp > 1):
+            assert r["skipped"], "PAB broadcast some attention, so some collectives must have been skipped"
+        if case.pab == "none":
+            assert not r["skipped"]
+
+
+@pytest.mark.parametrize("world,case", [(w, c) for w, c in ALL if c.pab != "none" and c.sp > 1],
+                         ids=[f"{w}ranks-{c.name}" for w, c in ALL if c.pab != "none" and c.sp > 1])
+def test_broadcast_steps_issue_no_collective(outcomes, world: int, case: Case) -> None:
+    """Between two step ends, a kind whose modules were all broadcast adds zero issued calls; others add some."""
+    r = outcomes[world][0].value[case.name]
+    steps = [{k: 0 for k in r["steps"][0]}] + r["steps"]
+    quiet = 0
+    for before, after, predicted_before, predicted_after in zip(
+        steps, steps[1:], [{k: 0 for k in r["steps"][0]}] + r["predicted_steps"], r["predicted_steps"]
+    ):
+        for kind in ("spatial", "temporal", "cross"):
+            delta = after[kind] - before[kind]
+            assert delta == predicted_after[kind] - predicted_before[kind]
+            quiet += delta == 0 and any(k == kind for k, _ in r["predicted_issued"])
+    assert quiet > 0, "no step broadcast a communicating kind: the schedule exercised nothing"
+
+
+def test_failed_rank_makes_peers_fail_fast() -> None:
+    hold_s = 12.0
+    ranks = run_ranks(fail_mid_generation, 2, 1, hold_s, timeout_s=hold_s / 4, join_timeout_s=120)
+    healthy, failed = ranks
+    assert not failed.ok and "injected failure" in failed.error
+    assert not healthy.ok, "the healthy rank must raise, not finish"
+    assert "injected failure" not in healthy.error
+    # It raised on the group timeout while the failed rank was still alive (that one reports after hold_s).
+    assert healthy.arrival < failed.arrival
