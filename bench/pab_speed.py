@@ -26,27 +26,20 @@ from diffusers import DDIMScheduler, LatteTransformer3DModel
 from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
 from pab import adapter_for, apply_pab, get_preset
+from pab.testing import tiny_latte_transformer
 
 
 def build(args: argparse.Namespace) -> LatteTransformer3DModel:
-    torch.manual_seed(0)
-    return LatteTransformer3DModel(
+    model = tiny_latte_transformer(
+        num_layers=args.layers,
+        video_length=args.frames,
         num_attention_heads=args.heads,
         attention_head_dim=args.hidden // args.heads,
-        in_channels=4,
-        out_channels=8,
-        num_layers=args.layers,
         cross_attention_dim=args.hidden,
         sample_size=args.latent,
-        patch_size=2,
-        activation_fn="gelu-approximate",
-        num_embeds_ada_norm=1000,
-        norm_type="ada_norm_single",
-        norm_elementwise_affine=False,
-        norm_eps=1e-6,
         caption_channels=args.caption_dim,
-        video_length=args.frames,
-    ).to(args.device, args.dtype).eval()
+    )
+    return model.to(args.device, args.dtype)
 
 
 def _sync(device: str) -> None:

@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+# many small processes (Ray replicas, workers, spawned ranks) share 2 cores: one torch thread each
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec scripts/loopback-only .venv/bin/python -m pytest "$@"

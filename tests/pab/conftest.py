@@ -7,6 +7,8 @@ import torch
 
 from diffusers import LattePipeline
 
+from pab.testing import TEXT_TOKENS
+
 
 def run_to_latents(pipe, *, steps: int = 12, seed: int = 0, prompt: str = "a red car drives fast") -> torch.Tensor:
     """Run the pipeline deterministically and return its final latents (no VAE decode: faster, stricter)."""
@@ -17,6 +19,8 @@ def run_to_latents(pipe, *, steps: int = 12, seed: int = 0, prompt: str = "a red
     text_len = pipe.transformer.config.get("max_text_seq_length")
     if text_len:
         extra["max_sequence_length"] = text_len  # CogVideoX's text positions cover exactly this many tokens
+    elif not isinstance(pipe, LattePipeline):
+        extra["max_sequence_length"] = TEXT_TOKENS  # Wan pads to 512 by default; the tiny tokenizer stops at 32
     with torch.no_grad():
         out = pipe(
             prompt=prompt,
