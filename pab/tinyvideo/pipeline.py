@@ -1,0 +1,154 @@
+"""`TinyVideoPipeline`: the trained tiny shapes model as a diffusers pipeline, and its embedded loader.
+
+It has the call signature of diffusers' video pipelines (prompt, negative_prompt, num_frames, height, width,
+num_inference_steps, guidance_scale, generator, output_type, callback_on_step_end), so `pab.pipelines.VideoGenerator`
+drives it like Latte. Pixel space: there is no VAE, the transformer denoises RGB frames directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline, LatteTransformer3DModel
+from diffusers.utils import BaseOutput
+
+from pab.tinyvideo.sampling import denoise
+from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODEL_NAME = "tiny-shapes"
+DEFAULTS: dict[str, Any] = {"num_inference_steps": 25, "guidance_scale": 3.0, "fps": 4}
+
+
+@dataclass
+class TinyVideoPipelineOutput(BaseOutput):
+    frames: np.ndarray | torch.Tensor  # [B, F, H, W, 3] in [0, 1]
+
+
+class TinyVideoPipeline(DiffusionPipeline):
+    """Text-to-video with a pixel-space Latte transformer and a word-embedding text encoder."""
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(
+        self, transformer: LatteTransformer3DModel, text_encoder: WordEmbeddingTextEncoder, scheduler: DDIMScheduler
+    ) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
+        self._num_timesteps = 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        """Save as diffusers does, then name the text encoder's module so `from_pretrained` finds it offline."""
+        super().save_pretrained(save_directory, **kwargs)
+        index_path = Path(save_directory) / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["text_encoder"] = [WordEmbeddingTextEncoder.__module__, WordEmbeddingTextEncoder.__name__]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def _check(self, name: str, value: int, allowed: int) -> None:
+        if value != allowed:
+            raise ValueError(f"{name} must be {allowed} for this model (it was trained at that size), got {value}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = DEFAULTS["num_inference_steps"],
+        guidance_scale: float = DEFAULTS["guidance_scale"],
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        return_dict: bool = True,
+    ) -> TinyVideoPipelineOutput | tuple:
+        cfg = self.transformer.config
+        self._check("num_frames", num_frames or cfg.video_length, cfg.video_length)
+        self._check("height", height or cfg.sample_size, cfg.sample_size)
+        self._check("width", width or cfg.sample_size, cfg.sample_size)
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        shape = (len(prompts), cfg.in_channels, cfg.video_length, cfg.sample_size, cfg.sample_size)
+        noise = torch.randn(shape, generator=generator, device=getattr(generator, "device", "cpu"))
+        cond, uncond = self.text_encoder.encode(prompts), self.text_encoder.encode(negatives)
+        self._num_timesteps = num_inference_steps
+
+        def on_step(i: int, t: int, x: torch.Tensor) -> None:
+            if callback_on_step_end is not None:
+                callback_on_step_end(self, i, t, {"latents": x})
+
+        clips = denoise(self.transformer, self.scheduler, noise, cond, uncond, num_inference_steps, guidance_scale,
+                        on_step)
+        video = ((clips.permute(0, 2, 3, 4, 1).float() + 1) / 2).clamp(0, 1).cpu()  # [B, F, H, W, 3]
+        frames = video.numpy() if output_type == "np" else video
+        self.maybe_free_model_hooks()
+        return TinyVideoPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+REFERENCE = {"prompt": "a blue square moving right", "seed": 0, "num_inference_steps": 10, "guidance_scale": 3.0}
+"""The fixed generation whose statistics ship with the weights (`reference_stats.json`) and are checked by a test."""
+
+
+def reference_statistics(pipe: TinyVideoPipeline) -> dict[str, Any]:
+    """Generate the REFERENCE clip and summarise it (`pab.quality.video_statistics` + the objective check)."""
+    from pab.quality import objective_check, video_statistics
+    from pab.tinyvideo.data import parse_caption
+
+    r = REFERENCE
+    frames = pipe(r["prompt"], generator=torch.Generator().manual_seed(r["seed"]),
+                  num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"]).frames[0]
+    check = objective_check(frames, parse_caption(r["prompt"]))
+    return {**r, **video_statistics(frames), "colour": check.colour, "direction": check.direction, "shape": check.shape}
+
+
+def is_tiny_video_folder(path: str | Path) -> bool:
+    """A folder written by `TinyVideoPipeline.save_pretrained` (diffusers' generic loader cannot resolve the class)."""
+    index = Path(path) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == TinyVideoPipeline.__name__
+
+
+def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideoPipeline:
+    """The shipped trained weights, offline. `seed` is accepted for the embedded-model builder signature and unused:
+    the weights are fixed; sampling is seeded per request."""
+    del seed
+    if not (Path(path) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"no trained tiny-shapes weights at {path}; export them with "
+            f"`python -m pab.tinyvideo.train --export {path}` (see pab/tinyvideo/weights/MODEL_CARD.md)"
+        )
+    from diffusers.utils import logging as diffusers_logging
+
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would clutter every CLI run
+    try:
+        pipe = TinyVideoPipeline.from_pretrained(str(path))
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_tiny_shapes(seed: int = 0, *, hidden: int = 32, layers: int = 2) -> TinyVideoPipeline:
+    """The same architecture with random weights (tests, and the model before training); leaves the global RNG alone."""
+    from pab.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe = TinyVideoPipeline(build_transformer(hidden=hidden, layers=layers), build_text_encoder(),
+                                 sample_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
