@@ -50,6 +50,19 @@ class ParallelHandle:
         """Raise `ParallelConfigError` (naming the request field) when this latent video cannot be split."""
         check_latents(self.model, self.strategy, self.transformer, self.config.sp_degree, latent_shape)
 
+    def validate_request(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
+        """Request-time check of an output size (pixels) against the split; same rules as each forward applies."""
+        from ..pipelines import _spatial_scale, _temporal_scale  # the pipeline's VAE factors, read one way everywhere
+
+        frames = (num_frames - 1) // _temporal_scale(pipeline) + 1
+        scale = _spatial_scale(pipeline)
+        channels = self.transformer.config.in_channels
+        if self.model == "cogvideox":
+            shape = (1, frames, channels, height // scale, width // scale)
+        else:
+            shape = (1, channels, frames, height // scale, width // scale)
+        self.validate_latents(shape)
+
     def remove(self) -> None:
         while self._undo:
             self._undo.pop()()

@@ -31,7 +31,7 @@ _installs = 0
 
 
 def _group_size(group: Any) -> int:
-    return group.size() if hasattr(group, "size") and not isinstance(group, dist.ProcessGroup) else dist.get_world_size(group)
+    return group.size()  # a ProcessGroup or a DeviceMesh: diffusers passes either
 
 
 class CountingFuncol:

@@ -102,9 +102,72 @@ def generate(case: Case, parallel: bool, groups_cache: dict[Any, Any] | None = N
     return out
 
 
-def run_cases(rank: int, cases: list[Case]) -> dict[str, Any]:
+def _error(fn: Any) -> tuple[str, str | None, str]:
+    try:
+        fn()
+    except Exception as exc:  # the test checks type, field and message
+        return type(exc).__name__, getattr(exc, "field", None), str(exc)
+    return "no error", None, ""
+
+
+def shape_errors() -> dict[str, tuple[str, str | None, str]]:
+    """Shapes a 2-rank split cannot take: each must raise a clear error on every rank before any collective."""
+    from diffusers import LatteTransformer3DModel
+
+    sp2 = ParallelConfig(sp_degree=2, timeout_s=60)
+    out = {}
+    latte = testing.tiny_latte_transformer(0)
+    handle = apply_parallel(latte, ParallelConfig(sp_degree=2, strategy="dsp", timeout_s=60))
+    x = dict(timestep=torch.tensor([500]), encoder_hidden_states=torch.randn(1, 5, testing.TEXT_DIM), return_dict=False)
+    out["latte_odd_frames"] = _error(lambda: latte(hidden_states=torch.randn(1, 4, 7, 16, 16), **x))
+    out["latte_one_frame_per_rank"] = _error(lambda: latte(hidden_states=torch.randn(1, 4, 2, 16, 16), **x))
+    handle.remove()
+    three_heads = LatteTransformer3DModel(num_attention_heads=3, attention_head_dim=8, in_channels=4, num_layers=1,
+                                          cross_attention_dim=24, sample_size=8, patch_size=2, norm_type="ada_norm_single",
+                                          num_embeds_ada_norm=1000, caption_channels=testing.TEXT_DIM, video_length=4)
+    out["ulysses_heads"] = _error(lambda: apply_parallel(three_heads, ParallelConfig(sp_degree=2, strategy="ulysses")))
+    cog = testing.tiny_cogvideox_pipeline(0)
+    handle = apply_parallel(cog, sp2)
+    out["cogvideox_request"] = _error(lambda: handle.validate_request(cog, 9, 24, 24))
+    out["cogvideox_request_ok"] = _error(lambda: handle.validate_request(cog, 9, 32, 32))
+    out["cogvideox_forward"] = _error(lambda: cog.transformer(
+        hidden_states=torch.randn(1, 1, 4, 6, 6), encoder_hidden_states=torch.randn(1, 16, testing.TEXT_DIM),
+        timestep=torch.tensor([500]), return_dict=False))
+    handle.remove()
+    wan = testing.tiny_wan_transformer(0)
+    handle = apply_parallel(wan, sp2)
+    out["wan_forward"] = _error(lambda: wan(hidden_states=torch.randn(1, 4, 1, 6, 6), timestep=torch.tensor([500]),
+                                            encoder_hidden_states=torch.randn(1, 6, testing.TEXT_DIM), return_dict=False))
+    handle.remove()
+    out["cogvideox_dsp"] = _error(lambda: apply_parallel(testing.tiny_cogvideox_transformer(0),
+                                                         ParallelConfig(sp_degree=2, strategy="dsp")))
+    out["wan_cfg_without_pipeline"] = _error(lambda: apply_parallel(testing.tiny_wan_transformer(0),
+                                                                    ParallelConfig(cfg_degree=2)))
+    from pab.pipelines import GenerationParams, VideoGenerator
+
+    gen = VideoGenerator(testing.tiny_cogvideox_pipeline(0), parallel=sp2)
+    out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", height=24, width=24, seed=1)))
+    out["world_mismatch"] = _error(lambda: apply_parallel(testing.tiny_latte_transformer(0), ParallelConfig(sp_degree=4)))
+    return out
+
+
+def video_generator(parallel: ParallelConfig | None) -> dict[str, Any]:
+    """The serving front door with parallel= set: frames and the stats dict it reports."""
+    from pab.pipelines import GenerationParams, VideoGenerator
+
+    gen = VideoGenerator(testing.tiny_latte_pipeline(0), pab="PAB-246", parallel=parallel)
+    result = gen.generate(GenerationParams(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS))
+    return {"frames": result.frames, "stats": result.stats}
+
+
+def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, Any]:
     groups: dict[Any, Any] = {}
-    return {case.name: generate(case, parallel=True, groups_cache=groups) for case in cases}
+    out: dict[str, Any] = {}
+    if extras:  # errors first: the cases after them prove the group is still in step
+        out["errors"] = shape_errors()
+        out["generator"] = video_generator(ParallelConfig(sp_degree=2, timeout_s=60))
+    out.update({case.name: generate(case, parallel=True, groups_cache=groups) for case in cases})
+    return out
 
 
 def fail_mid_generation(rank: int, fail_rank: int, hold_s: float) -> str:
