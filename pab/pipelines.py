@@ -344,6 +344,11 @@ class VideoGenerator:
             filled["seed"] = secrets.randbelow(MAX_SEED + 1)
         resolved = replace(params, **filled)
         validate_params(self.pipeline, resolved)
+        if self.parallel is not None:  # the size must also split over the replica's ranks (pab.parallel)
+            try:
+                self.parallel.validate_request(self.pipeline, resolved.num_frames, resolved.height, resolved.width)
+            except ValueError as exc:
+                raise GenerationParamsError(getattr(exc, "field", None) or "num_frames", str(exc)) from exc
         return resolved
 
     def generate(
