@@ -1,0 +1,214 @@
+"""Prometheus metrics for pab-serve, emitted through Ray's metrics API.
+
+Ray exports every metric created here on each node's metrics export port (`ray start --metrics-export-port`), with
+the prefix `ray_` (counters also get `_total`), so a KubeRay PodMonitor or the local Prometheus config in `cluster/`
+scrapes them with no extra server. Inside a Serve replica `ray.serve.metrics` adds the `deployment`, `replica` and
+`application` labels. The metric objects are created lazily, once per process, after the replica context exists.
+
+Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
+
+- `ray_pab_attention_calls_total{model,preset,kind}` / `ray_pab_attention_broadcasts_total{...}`: per attention kind
+  (spatial, temporal, cross), module calls and how many of them reused a cached output. Hit rate = ratio.
+- `ray_pab_mlp_calls_total{model,preset}` / `ray_pab_mlp_broadcasts_total{model,preset}`: the same for MLP broadcast.
+- `ray_pab_collective_bytes_total{model,preset,kind,op,outcome}`: bytes this rank sent in collectives
+  (`outcome="issued"`) and bytes a broadcast made unnecessary (`outcome="skipped"`); issued + skipped is what the
+  generation would have sent without PAB.
+- `ray_pab_frames_generated_total{model,preset}`: video frames of completed jobs.
+- `ray_pab_jobs_total{model,preset,status}`: jobs that reached a terminal status (`completed`, `failed`, ...).
+- `ray_pab_jobs_rejected_total{reason}`: requests refused before a job existed (back-pressure: `queue_full`).
+- `ray_pab_queue_depth{state}`: jobs an ingress replica accepted, `waiting` (not yet on a generator) or `running`;
+  sum over replicas for the cluster.
+- `ray_pab_generation_latency_seconds{model,preset,stage}` histogram, `stage` in `queue_wait`, `denoising`,
+  `decode_encode`, `end_to_end`.
+- `ray_pab_denoising_step_seconds{model,preset}` histogram: one denoising step (all ranks, all CFG passes).
+
+Notes on Ray 2.60: a histogram's `_sum` is computed from bucket midpoints, so use the buckets (quantiles), not
+`_sum/_count`; a counter cannot be incremented by 0, so a series (e.g. `status="failed"`) exists only once it
+happened and the dashboard adds `or vector(0)` where "none yet" should read 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+logger = logging.getLogger("ray.serve")
+
+ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
+LATENCY_STAGES: tuple[str, ...] = ("queue_wait", "denoising", "decode_encode", "end_to_end")
+QUEUE_STATES: tuple[str, ...] = ("waiting", "running")
+
+# Which keys of a job's timings dict (seconds) make up each latency stage; absent keys are skipped.
+TIMING_KEYS: dict[str, tuple[str, ...]] = {
+    "queue_wait": ("queue_wait_s",),
+    "denoising": ("denoise_s",),
+    "decode_encode": ("decode_s", "encode_s"),
+    "end_to_end": ("total_s",),
+}
+
+# Video jobs run from a fraction of a second (tiny CPU models) to tens of minutes (large models, many frames).
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
+)
+STEP_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
+
+_JOB_TAGS = ("model", "preset")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: str  # "counter" | "gauge" | "histogram"
+    name: str  # as created; Ray exports it with the prefix `ray_` (and `_total` for counters)
+    description: str
+    tags: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+_SPECS: dict[str, _Spec] = {
+    "attention_calls": _Spec(
+        "counter", "pab_attention_calls", "Attention module calls, per attention kind.", _JOB_TAGS + ("kind",)
+    ),
+    "attention_broadcasts": _Spec(
+        "counter",
+        "pab_attention_broadcasts",
+        "Attention module calls answered from the PAB cache (broadcast), per attention kind.",
+        _JOB_TAGS + ("kind",),
+    ),
+    "mlp_calls": _Spec("counter", "pab_mlp_calls", "MLP module calls.", _JOB_TAGS),
+    "mlp_broadcasts": _Spec("counter", "pab_mlp_broadcasts", "MLP module calls answered from the PAB cache.", _JOB_TAGS),
+    "collective_bytes": _Spec(
+        "counter",
+        "pab_collective_bytes",
+        "Bytes sent in sequence-parallel collectives (outcome=issued) or saved by a broadcast (outcome=skipped).",
+        _JOB_TAGS + ("kind", "op", "outcome"),
+    ),
+    "frames": _Spec("counter", "pab_frames_generated", "Video frames of completed jobs.", _JOB_TAGS),
+    "jobs": _Spec("counter", "pab_jobs", "Jobs that reached a terminal status.", _JOB_TAGS + ("status",)),
+    "rejected": _Spec("counter", "pab_jobs_rejected", "Requests refused before a job was created.", ("reason",)),
+    "queue_depth": _Spec(
+        "gauge", "pab_queue_depth", "Accepted jobs of this ingress replica waiting for a generator or running.", ("state",)
+    ),
+    "latency": _Spec(
+        "histogram",
+        "pab_generation_latency_seconds",
+        "Generation latency per stage (queue_wait, denoising, decode_encode, end_to_end).",
+        _JOB_TAGS + ("stage",),
+        LATENCY_BUCKETS_S,
+    ),
+    "step": _Spec(
+        "histogram", "pab_denoising_step_seconds", "Wall time of one denoising step.", _JOB_TAGS, STEP_BUCKETS_S
+    ),
+}
+
+
+def exported_names() -> list[str]:
+    """The metric names as Prometheus sees them, less Ray's `ray_` prefix (histograms add _bucket/_count/_sum)."""
+    return [f"{s.name}_total" if s.kind == "counter" else s.name for s in _SPECS.values()]
+
+
+@functools.cache
+def _metrics() -> SimpleNamespace:
+    """Create the metric objects once per process (lazily: the Serve replica context must exist first)."""
+    from ray.serve import metrics as m
+
+    made: dict[str, Any] = {}
+    for attr, spec in _SPECS.items():
+        if spec.kind == "counter":
+            made[attr] = m.Counter(spec.name, spec.description, spec.tags)
+        elif spec.kind == "gauge":
+            made[attr] = m.Gauge(spec.name, spec.description, spec.tags)
+        else:
+            made[attr] = m.Histogram(spec.name, spec.description, list(spec.buckets), spec.tags)
+    return SimpleNamespace(**made)
+
+
+def _never_raises(fn: Callable[..., None]) -> Callable[..., None]:
+    """Metrics are a side channel: a failure to book one must not fail the job or the request that called it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            logger.warning("pab: could not record metrics in %s", fn.__name__, exc_info=True)
+
+    return wrapper
+
+
+def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
+    """Ray counters refuse increments of 0 (a series appears with its first event)."""
+    if value > 0:
+        counter.inc(value, tags)
+
+
+@_never_raises
+def record_job_finished(
+    model: str,
+    preset: str,
+    stats: Mapping[str, Any] | None,
+    timings: Mapping[str, float] | None,
+    status: str,
+    frames: int = 0,
+) -> None:
+    """Book one job that reached a terminal status.
+
+    `stats` is `pab.stats.PABStats.to_dict()` of the generation (None when it failed before generating), `timings`
+    maps the keys in `TIMING_KEYS` to seconds, `frames` counts the frames of the finished video.
+    """
+    m = _metrics()
+    tags = {"model": model, "preset": preset}
+    m.jobs.inc(1, {**tags, "status": status})
+    if stats:
+        _record_stats(m, tags, stats)
+    for stage, seconds in stage_seconds(timings or {}).items():
+        m.latency.observe(seconds, {**tags, "stage": stage})
+    _inc(m.frames, frames, tags)
+
+
+def stage_seconds(timings: Mapping[str, float]) -> dict[str, float]:
+    """Sum a job's timings into the latency stages; stages with none of their keys are left out."""
+    out: dict[str, float] = {}
+    for stage, keys in TIMING_KEYS.items():
+        present = [float(timings[k]) for k in keys if timings.get(k) is not None]
+        if present:
+            out[stage] = sum(present)
+    return out
+
+
+def _record_stats(m: SimpleNamespace, tags: dict[str, str], stats: Mapping[str, Any]) -> None:
+    kinds = stats.get("kinds", {})
+    for kind in ATTENTION_KINDS:
+        s = kinds.get(kind) or {}
+        _inc(m.attention_calls, s.get("calls", 0), {**tags, "kind": kind})
+        _inc(m.attention_broadcasts, s.get("broadcast", 0), {**tags, "kind": kind})
+    mlp = kinds.get("mlp") or {}
+    _inc(m.mlp_calls, mlp.get("calls", 0), tags)
+    _inc(m.mlp_broadcasts, mlp.get("broadcast", 0), tags)
+    comm = stats.get("comm", {})
+    for outcome in ("issued", "skipped"):
+        for kind, ops in comm.get(outcome, {}).items():
+            for op, counter in ops.items():
+                _inc(m.collective_bytes, counter.get("bytes", 0), {**tags, "kind": kind, "op": op, "outcome": outcome})
+
+
+@_never_raises
+def observe_step_seconds(model: str, preset: str, seconds: float) -> None:
+    """Book the wall time of one denoising step (call it from the generator's per-step callback)."""
+    _metrics().step.observe(seconds, {"model": model, "preset": preset})
+
+
+@_never_raises
+def set_queue_depth(waiting: int, running: int) -> None:
+    """Publish how many of one ingress replica's accepted jobs wait for a generator and how many run."""
+    m = _metrics()
+    m.queue_depth.set(waiting, {"state": "waiting"})
+    m.queue_depth.set(running, {"state": "running"})
+
+
+@_never_raises
+def record_job_rejected(reason: str = "queue_full") -> None:
+    """Book a request refused before a job existed (e.g. 429 from back-pressure)."""
+    _metrics().rejected.inc(1, {"reason": reason})

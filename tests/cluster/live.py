@@ -1,0 +1,70 @@
+"""Helpers for tests that run their own copy of the app on the session Ray cluster (tests/conftest.py): deploy it
+under its own name and route, read the metrics a Ray node exports, count the replicas Serve runs.
+
+Used by the Prometheus test here and the autoscaling / back-pressure tests in tests/deployments. Polling and the
+HTTP client are tests/conftest.py's (`wait_for`, `ApiClient`).
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RAY_METRICS_PORT, TEST_STEPS, ApiClient, wait_for
+
+GENERATOR = "VideoGenerator"
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:
+    """Run the app (tiny Latte, 2 workers per replica) as application `name` at `route_prefix`; wait until it serves."""
+    from ray import serve
+
+    from serve_app.builder import build_app
+    from serve_app.config import AppConfig
+
+    from tests.conftest import SERVE_HTTP_PORT
+
+    config = AppConfig.model_validate(
+        {
+            "model": "tiny-latte",
+            "sp_degree": 2,
+            "defaults": {"num_inference_steps": TEST_STEPS},
+            "storage": {"url": store, "poll_after_ms": 50},
+            **args,
+        }
+    )
+    serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
+    api = ApiClient(f"http://127.0.0.1:{SERVE_HTTP_PORT}{route_prefix}", api_key=None)
+    wait_for(lambda: api.http.get("/v1/models").status_code == 200, 240, f"app {name} to serve /v1/models", 0.5)
+    return api
+
+
+def scrape(port: int = RAY_METRICS_PORT) -> Samples:
+    """The samples the head node exports on its metrics port, by sample name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def series(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    return [(lab, v) for lab, v in samples.get(name, []) if all(lab.get(k) == want for k, want in labels.items())]
+
+
+def replicas_running(app: str, deployment: str = GENERATOR) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def replicas_that_completed_jobs(app: str) -> set[str]:
+    """Generator replicas whose `ray_pab_jobs_total{status="completed"}` is above 0 (Serve tags each replica)."""
+    rows = series(scrape(), "ray_pab_jobs_total", application=app, status="completed")
+    return {lab["replica"] for lab, v in rows if v > 0}
