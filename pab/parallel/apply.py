@@ -18,7 +18,14 @@ from .attention import DSPTemporalProcessor, UlyssesAttnProcessor
 from .cfg import BatchCFGHook, TwoPassCFGHook, swap_prompt_embeddings
 from .config import ParallelConfig, ParallelConfigError
 from .groups import ParallelGroups, build_groups
-from .sharding import GatherOutputHook, LatteFrameShardHook, ShapeCheckHook, TextVideoShardHook, require_divisible
+from .sharding import (
+    GatherOutputHook,
+    LatteFrameShardHook,
+    ShapeCheckHook,
+    TextVideoShardHook,
+    TokenLayout,
+    require_divisible,
+)
 
 SP_HOOK = "pab_parallel_sp"
 CFG_HOOK = "pab_parallel_cfg"
@@ -106,6 +113,8 @@ def check_latents(model: str, strategy: str, transformer: torch.nn.Module, n: in
                               "DSP re-shards the spatial tokens around temporal attention: choose height/width so "
                               "(height/8/patch) x (width/8/patch) is a multiple of sp_degree")
         return
+    if model == "cogvideox":
+        return  # any token count: padded to a multiple of sp_degree and masked (TextVideoShardHook)
     require_divisible(frames * per_frame, n, "video tokens (latent frames x tokens per frame)", "num_frames",
                       "Ulysses shards the token sequence: pick num_frames/height/width whose token count is a "
                       "multiple of sp_degree")
@@ -159,16 +168,11 @@ def _install_cogvideox(handle: ParallelHandle, adapter: ModelAdapter) -> None:
     spatial = _attention_modules(adapter, transformer, "spatial")
     for name, module in spatial:
         UlyssesAttnProcessor.check_module(module, name, n)
+    layout = TokenLayout()  # video tokens of the forward in flight, padded to a multiple of sp_degree
     for name, module in spatial:
-        _swap_processor(module, UlyssesAttnProcessor(group, seq_dim=1, joint_text=True), handle._undo)
-
-    def check(video_len: int) -> None:
-        require_divisible(video_len, n, "video tokens (latent frames x tokens per frame)", "num_frames",
-                          "Ulysses shards the token sequence: pick num_frames/height/width whose token count is a "
-                          "multiple of sp_degree")
-
-    _register(transformer.patch_embed, TextVideoShardHook(group, check), SP_HOOK, handle._undo)
-    _register(transformer.proj_out, GatherOutputHook(group, dim=1), SP_HOOK, handle._undo)
+        _swap_processor(module, UlyssesAttnProcessor(group, seq_dim=1, joint_text=True, layout=layout), handle._undo)
+    _register(transformer.patch_embed, TextVideoShardHook(group, layout), SP_HOOK, handle._undo)
+    _register(transformer.proj_out, GatherOutputHook(group, dim=1, layout=layout), SP_HOOK, handle._undo)
 
 
 def _install_wan(handle: ParallelHandle, adapter: ModelAdapter) -> None:

@@ -17,6 +17,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from .comm import all_gather, all_to_all
 from .config import ParallelConfigError
+from .sharding import TokenLayout
 
 
 def _no_mask(attention_mask: torch.Tensor | None, where: str) -> None:
@@ -64,14 +65,17 @@ class UlyssesAttnProcessor:
         joint_text: CogVideoX layout: `encoder_hidden_states` are text tokens that every rank holds in full and that
             are concatenated in front of the video tokens. Their q/k/v are NOT exchanged: each rank takes its own
             heads of them, and their attention output is all-gathered over heads. RoPE applies to video tokens only.
+        layout: when the video tokens were padded to a multiple of the ranks, the padding is masked out as keys.
     """
 
-    def __init__(self, group: dist.ProcessGroup, seq_dim: int = 1, joint_text: bool = False) -> None:
+    def __init__(self, group: dist.ProcessGroup, seq_dim: int = 1, joint_text: bool = False,
+                 layout: TokenLayout | None = None) -> None:
         if seq_dim not in (0, 1):
             raise ValueError(f"seq_dim must be 0 or 1, got {seq_dim}")
         self.group = group
         self.seq_dim = seq_dim
         self.joint_text = joint_text
+        self.layout = layout
 
     @staticmethod
     def check_module(attn: torch.nn.Module, name: str, n: int) -> None:
@@ -127,11 +131,18 @@ class UlyssesAttnProcessor:
             key = attn.norm_k(key)
 
         query, key, value = (self._to_heads(t, text_len).transpose(1, 2) for t in (query, key, value))
+        full = query.shape[2]
+        valid = full if self.layout is None or not self.layout.padding else full - self.layout.padding
         if image_rotary_emb is not None:
-            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
+            video = slice(text_len, valid)
+            query[:, :, video] = apply_rotary_emb(query[:, :, video], image_rotary_emb)
             if not attn.is_cross_attention:
-                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False).transpose(1, 2)
+                key[:, :, video] = apply_rotary_emb(key[:, :, video], image_rotary_emb)
+        mask = None
+        if valid < full:  # padded video tokens must not be attended to
+            mask = (torch.arange(full, device=query.device) < valid).view(1, 1, 1, full)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2)
 
         seq_out = all_to_all(out[:, text_len:], scatter_dim=self.seq_dim, gather_dim=2, group=self.group)
         if text_len:

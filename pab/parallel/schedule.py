@@ -102,11 +102,13 @@ def forward_comm(
             result.other.append(_gather(output_elements // n, n, elem))
         else:
             video = frames * per_frame
-            attention = [_a2a(local_batch * video // n * channels, n, elem)] * 4
+            padded = -(-video // n) * n if model == "cogvideox" else video  # CogVideoX pads tokens to fit the ranks
+            attention = [_a2a(local_batch * padded // n * channels, n, elem)] * 4
             if model == "cogvideox":
                 attention.append(_gather(local_batch * text_len * channels // n, n, elem))
             result.per_module["spatial"] = attention
-            result.other.append(_gather(output_elements // n, n, elem))
+            out_per_token = output_elements // (local_batch * video)
+            result.other.append(_gather(local_batch * padded // n * out_per_token, n, elem))
     if m > 1 and (two_pass and cfg_on or not two_pass and batch % m == 0):
         result.other.append(_gather(output_elements, m, elem))
     return result

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
 from .comm import all_gather, shard
@@ -71,31 +73,57 @@ class LatteFrameShardHook(ModelHook):
         return map_sample(output, lambda x: all_gather(x, dim=2, group=self.group))
 
 
-class TextVideoShardHook(ModelHook):
-    """On CogVideoX's patch embedding: keep every text token, keep this rank's slice of the video tokens."""
+@dataclass
+class TokenLayout:
+    """The video token count of the forward in flight, before and after padding to a multiple of the ranks."""
 
-    def __init__(self, group: dist.ProcessGroup, check: Callable[[int], None]) -> None:
+    valid: int = 0
+    padded: int = 0
+
+    @property
+    def padding(self) -> int:
+        return self.padded - self.valid
+
+
+class TextVideoShardHook(ModelHook):
+    r"""
+    On CogVideoX's patch embedding: keep every text token, keep this rank's slice of the video tokens.
+
+    A video token count that does not divide by the ranks is padded at the end with zero tokens; the attention masks
+    them out as keys (`UlyssesAttnProcessor`), and the output gather drops them (`GatherOutputHook`).
+    """
+
+    def __init__(self, group: dist.ProcessGroup, layout: TokenLayout) -> None:
         super().__init__()
         self.group = group
-        self.check = check
+        self.layout = layout
 
     def new_forward(self, module: torch.nn.Module, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         out = self.fn_ref.original_forward(text_embeds, image_embeds)
         text_len = text_embeds.shape[1]
-        self.check(out.shape[1] - text_len)
-        return torch.cat([out[:, :text_len], shard(out[:, text_len:], 1, self.group)], dim=1)
+        video = out[:, text_len:]
+        n = dist.get_world_size(self.group)
+        self.layout.valid = video.shape[1]
+        self.layout.padded = -(-video.shape[1] // n) * n
+        if self.layout.padding:
+            video = F.pad(video, (0, 0, 0, self.layout.padding))
+        return torch.cat([out[:, :text_len], shard(video, 1, self.group)], dim=1)
 
 
 class GatherOutputHook(ModelHook):
-    """After the last per-token layer: all-gather the sequence-sharded tokens (once per forward)."""
+    """After the last per-token layer: all-gather the sequence-sharded tokens (once per forward), minus padding."""
 
-    def __init__(self, group: dist.ProcessGroup, dim: int) -> None:
+    def __init__(self, group: dist.ProcessGroup, dim: int, layout: TokenLayout | None = None) -> None:
         super().__init__()
         self.group = group
         self.dim = dim
+        self.layout = layout
 
     def post_forward(self, module: torch.nn.Module, output: torch.Tensor) -> torch.Tensor:
-        return all_gather(output, dim=self.dim, group=self.group)
+        gathered = all_gather(output, dim=self.dim, group=self.group)
+        if self.layout is not None and self.layout.padding:
+            gathered = gathered.narrow(self.dim, 0, self.layout.valid)
+        return gathered
 
 
 class ShapeCheckHook(ModelHook):

@@ -26,6 +26,7 @@ CASES = {
         Case("cogvideox", 2, 1, "auto", "none"),
         Case("cogvideox", 2, 1, "auto", "PAB-246"),
         Case("cogvideox", 1, 2, "auto", "none"),
+        Case("cogvideox", 2, 1, "auto", "PAB-246", size=24),  # 27 video tokens: padded to 28, padding masked
         Case("wan", 2, 1, "auto", "none"),
         Case("wan", 2, 1, "auto", "PAB-246"),
         Case("wan", 1, 2, "auto", "PAB-246"),
@@ -36,6 +37,7 @@ CASES = {
         Case("latte", 2, 2, "dsp", "PAB-246"),
         Case("latte", 4, 1, "ulysses", "PAB-246"),
         Case("cogvideox", 2, 2, "auto", "PAB-246"),
+        Case("cogvideox", 4, 1, "auto", "none", size=24),
         Case("wan", 2, 2, "auto", "PAB-246"),
         Case("wan", 4, 1, "auto", "none"),
     ],
@@ -58,9 +60,9 @@ def references() -> dict[tuple[str, str, float], np.ndarray]:
 
 
 def _reference(refs: dict[Any, np.ndarray], case: Case) -> np.ndarray:
-    key = (case.model, case.pab, case.guidance)
+    key = (case.model, case.pab, case.guidance, case.size)
     if key not in refs:
-        refs[key] = generate(Case(case.model, 1, 1, "auto", case.pab, case.guidance), parallel=False)["video"]
+        refs[key] = generate(Case(case.model, 1, 1, "auto", case.pab, case.guidance, case.size), parallel=False)["video"]
     return refs[key]
 
 
@@ -107,9 +109,8 @@ ERRORS = {
     "latte_odd_frames": ("ParallelConfigError", "num_frames", "latent frames = 7 is not divisible by sp_degree = 2"),
     "latte_one_frame_per_rank": ("ParallelConfigError", "sp_degree", "1 frame per rank"),
     "ulysses_heads": ("ParallelConfigError", "sp_degree", "3 attention heads are not divisible by sp_degree=2"),
-    "cogvideox_request": ("ParallelConfigError", "num_frames", "video tokens (latent frames x tokens per frame) = 27"),
+    "wan_request": ("ParallelConfigError", "num_frames", "video tokens (latent frames x tokens per frame) = 27"),
     "generator_request": ("GenerationParamsError", "num_frames", "= 27 is not divisible by sp_degree = 2"),
-    "cogvideox_forward": ("ParallelConfigError", "num_frames", "= 9 is not divisible by sp_degree = 2"),
     "wan_forward": ("ParallelConfigError", "num_frames", "= 9 is not divisible by sp_degree = 2"),
     "cogvideox_dsp": ("ParallelConfigError", "strategy", "use strategy='ulysses'"),
     "wan_cfg_without_pipeline": ("ParallelConfigError", "cfg_degree", "pass the pipeline"),
@@ -127,7 +128,7 @@ def test_unsplittable_shapes_raise_clear_errors_on_every_rank(outcomes, name: st
 
 
 def test_valid_request_passes_validation(outcomes) -> None:
-    assert all(o.value["errors"]["cogvideox_request_ok"][0] == "no error" for o in outcomes[2])
+    assert all(o.value["errors"]["wan_request_ok"][0] == "no error" for o in outcomes[2])
 
 
 def test_video_generator_parallel_equals_single_process(outcomes) -> None:

@@ -32,14 +32,15 @@ class Case:
     strategy: str = "auto"
     pab: str = "none"
     guidance: float = 5.0
+    size: int = 32
 
     @property
     def name(self) -> str:
-        return f"{self.model}-sp{self.sp}-cfg{self.cfg}-{self.strategy}-{self.pab}-g{self.guidance:g}"
+        return f"{self.model}-sp{self.sp}-cfg{self.cfg}-{self.strategy}-{self.pab}-g{self.guidance:g}-{self.size}px"
 
 
-def call_kwargs(model: str, guidance: float) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(prompt="a red cat runs in the park", negative_prompt="dark", height=32, width=32,
+def call_kwargs(model: str, guidance: float, size: int = 32) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(prompt="a red cat runs in the park", negative_prompt="dark", height=size, width=size,
                                   num_inference_steps=STEPS, guidance_scale=guidance, output_type="np")
     if model == "latte":
         kwargs.update(video_length=testing.LATTE_FRAMES, clean_caption=False)
@@ -80,7 +81,7 @@ def generate(case: Case, parallel: bool, groups_cache: dict[Any, Any] | None = N
         return {}
 
     with torch.no_grad():
-        video = pipe(**call_kwargs(case.model, case.guidance), generator=torch.Generator().manual_seed(7),
+        video = pipe(**call_kwargs(case.model, case.guidance, case.size), generator=torch.Generator().manual_seed(7),
                      callback_on_step_end=on_step).frames[0]
     out: dict[str, Any] = {"video": np.asarray(video, dtype=np.float32)}
     if parallel:
@@ -126,13 +127,10 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
                                           cross_attention_dim=24, sample_size=8, patch_size=2, norm_type="ada_norm_single",
                                           num_embeds_ada_norm=1000, caption_channels=testing.TEXT_DIM, video_length=4)
     out["ulysses_heads"] = _error(lambda: apply_parallel(three_heads, ParallelConfig(sp_degree=2, strategy="ulysses")))
-    cog = testing.tiny_cogvideox_pipeline(0)
-    handle = apply_parallel(cog, sp2)
-    out["cogvideox_request"] = _error(lambda: handle.validate_request(cog, 9, 24, 24))
-    out["cogvideox_request_ok"] = _error(lambda: handle.validate_request(cog, 9, 32, 32))
-    out["cogvideox_forward"] = _error(lambda: cog.transformer(
-        hidden_states=torch.randn(1, 1, 4, 6, 6), encoder_hidden_states=torch.randn(1, 16, testing.TEXT_DIM),
-        timestep=torch.tensor([500]), return_dict=False))
+    wan_pipe = testing.tiny_wan_pipeline(0)
+    handle = apply_parallel(wan_pipe, sp2)
+    out["wan_request"] = _error(lambda: handle.validate_request(wan_pipe, 9, 24, 24))
+    out["wan_request_ok"] = _error(lambda: handle.validate_request(wan_pipe, 9, 32, 32))
     handle.remove()
     wan = testing.tiny_wan_transformer(0)
     handle = apply_parallel(wan, sp2)
@@ -145,8 +143,8 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
                                                                     ParallelConfig(cfg_degree=2)))
     from pab.pipelines import GenerationParams, VideoGenerator
 
-    gen = VideoGenerator(testing.tiny_cogvideox_pipeline(0), parallel=sp2)
-    out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", height=24, width=24, seed=1)))
+    gen = VideoGenerator(testing.tiny_wan_pipeline(0), parallel=sp2)
+    out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", num_frames=9, height=24, width=24, seed=1)))
     out["world_mismatch"] = _error(lambda: apply_parallel(testing.tiny_latte_transformer(0), ParallelConfig(sp_degree=4)))
     return out
 
