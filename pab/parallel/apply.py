@@ -223,6 +223,11 @@ def apply_parallel(target: Any, config: ParallelConfig, groups: ParallelGroups |
         )
     if getattr(transformer, "_pab_parallel", None) is not None:
         raise ParallelConfigError("parallel is already applied to this transformer; call handle.remove() first")
+    if config.world_size > 1 and pipeline is not None and getattr(pipeline, "transformer_2", None) is not None:
+        raise ParallelConfigError(
+            f"{type(pipeline).__name__} has a second transformer (transformer_2, a two-expert Wan 2.2 checkpoint); "
+            "pab.parallel splits only `pipeline.transformer`: run this model with sp_degree=1 and cfg_degree=1"
+        )
     adapter = adapter_for(transformer)
     if adapter.name not in _INSTALLERS:
         raise ParallelConfigError(

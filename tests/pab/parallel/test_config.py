@@ -66,3 +66,12 @@ def test_ulysses_rejects_indivisible_heads_and_unsupported_attention() -> None:
     residual = Attention(query_dim=16, heads=2, dim_head=8, residual_connection=True)
     with pytest.raises(ParallelConfigError, match="residual_connection"):
         UlyssesAttnProcessor.check_module(residual, "x", 2)
+
+
+def test_two_expert_wan_is_rejected_before_any_group_is_built() -> None:
+    from pab.parallel import apply_parallel
+
+    pipe = testing.tiny_wan_pipeline(0)
+    pipe.register_modules(transformer_2=testing.tiny_wan_transformer(1))
+    with pytest.raises(ParallelConfigError, match="transformer_2"):
+        apply_parallel(pipe, ParallelConfig(sp_degree=2))
