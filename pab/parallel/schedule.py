@@ -59,12 +59,15 @@ def forward_comm(
     dtype: torch.dtype = torch.float32,
 ) -> ForwardComm:
     r"""
+    What one computing forward sends, per attention kind and outside attention, on one rank of `config`.
+
     Args:
         transformer: the (unsharded) transformer; its adapter and config give kinds, module counts, heads, channels.
         config: the degrees and scheme.
         latent_shape: the transformer input as the pipeline passes it (batch includes both CFG halves when batched).
         text_len: text tokens (CogVideoX's joint attention gathers their output over heads).
         cfg_on: whether this generation uses CFG (two-pass pipelines exchange passes only then).
+        dtype: the activations' dtype (bytes per element).
     """
     adapter = adapter_for(transformer)
     model, n, m = adapter.name, config.sp_degree, config.cfg_degree

@@ -24,10 +24,8 @@ CASES = {
         Case("latte", 2, 1, "dsp", "PAB-246"),
         Case("latte", 1, 2, "auto", "PAB-246"),
         Case("cogvideox", 2, 1, "auto", "none"),
-        Case("cogvideox", 2, 1, "auto", "PAB-246"),
         Case("cogvideox", 1, 2, "auto", "none"),
         Case("cogvideox", 2, 1, "auto", "PAB-246", size=24),  # 27 video tokens: padded to 28, padding masked
-        Case("wan", 2, 1, "auto", "none"),
         Case("wan", 2, 1, "auto", "PAB-246"),
         Case("wan", 1, 2, "auto", "PAB-246"),
         Case("wan", 1, 2, "auto", "PAB-246", guidance=1.0),

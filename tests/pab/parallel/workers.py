@@ -16,7 +16,7 @@ from pab.parallel.schedule import forward_comm, predict_stats
 from pab.presets import get_preset
 from pab.stats import STAT_KINDS, PABStats
 
-STEPS = 8
+STEPS = 6
 BUILDERS = {
     "latte": testing.tiny_latte_pipeline,
     "cogvideox": testing.tiny_cogvideox_pipeline,
