@@ -13,6 +13,7 @@ Two entry points, both plain handle calls (so Serve counts them as ongoing or qu
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -20,12 +21,17 @@ import ray
 from ray import serve
 from ray.util import get_current_placement_group
 
+from pab.config import PABConfigError
+from pab.pipelines import GenerationParamsError
 from serve_app.config import AppConfig
+from serve_app.errors import InvalidRequestError, invalid
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
 from serve_app.store import JobState, JobStore
 
 from . import metrics
-from .workers import JobProgress, ReplicaUnavailableError, WorkerGroup, WorkerGroupError, logger
+from .workers import JobProgress, ReplicaUnavailableError, WorkerGroup, WorkerGroupError
+
+logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "VideoGenerator"
 
@@ -58,10 +64,16 @@ class VideoGeneratorDeployment:
         }
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
-        return self._card.resolve(request, self._config.pab_preset, self._config.limits)
+        try:
+            return self._card.resolve(request, self._config.pab_preset, self._config.limits)
+        except GenerationParamsError as exc:  # re-raised as an error that pickles: it crosses Ray to the caller
+            raise invalid(str(exc), param=exc.field) from None
+        except PABConfigError as exc:
+            raise invalid(f"pab: {exc}", param="pab") from None
 
     async def generate(self, request: GenerationRequest) -> GenerationResponse:
-        """Generate one video and return it (typed Python API). Invalid requests raise `ValueError`s naming the field."""
+        """Generate one video and return it (typed Python API). An invalid request raises
+        `serve_app.errors.InvalidRequestError` (a `ValueError`) whose `param` names the field."""
         submitted = time.time()
         response = await self._group.run(self._resolve(request))
         timings = {**response.timings, "total_s": time.time() - submitted}
@@ -84,27 +96,33 @@ class VideoGeneratorDeployment:
         if self._group.broken is not None:
             raise ReplicaUnavailableError(f"this generator replica is being replaced ({self._group.broken})")
         started = time.time()
-        self._store.set_state(job_id, JobState(status="in_progress", started_at=int(started)))
-        progress = JobProgress(self._config.storage.url, job_id, int(started), self._config.storage.progress_interval_s)
+        self._store.set_state(job_id, JobState(status="in_progress", started_at=started))
+        progress = JobProgress(self._config.storage.url, job_id, started, self._config.storage.progress_interval_s)
         request = record.request
         try:
             response = await self._group.run(request, progress)
         except Exception as exc:
             message = str(exc) if isinstance(exc, (WorkerGroupError, ValueError)) else f"{type(exc).__name__}: {exc}"
-            code = "worker_failed" if isinstance(exc, WorkerGroupError) else "generation_failed"
+            code = (
+                "worker_failed" if isinstance(exc, WorkerGroupError)
+                else "invalid_request" if isinstance(exc, InvalidRequestError)
+                else "generation_failed"
+            )
             logger.error("pab job %s failed: %s", job_id, message)
             self._store.set_state(
                 job_id,
                 JobState(
                     status="failed",
                     progress=self._store.state(job_id).progress,
-                    started_at=int(started),
+                    started_at=started,
                     completed_at=int(time.time()),
                     error={"code": code, "message": message},
                 ),
             )
             self._book(request, "failed", None, None, ())
             return "failed"
+        if not self._store.exists(job_id):
+            return "deleted"  # deleted while it ran: do not bring its folder back
         for variant in CONTENT_FORMATS:
             self._store.put_content(job_id, variant, response.content(variant))
         finished = time.time()
@@ -119,7 +137,7 @@ class VideoGeneratorDeployment:
             JobState(
                 status="completed",
                 progress=100,
-                started_at=int(started),
+                started_at=started,
                 completed_at=int(finished),
                 stats=response.stats,
                 timings=timings,

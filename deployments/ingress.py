@@ -124,6 +124,7 @@ class VideoIngress:
         self._api_key = config.resolved_api_key()
         self._card: ModelCard | None = None
         self._dispatched: dict[str, asyncio.Task[None]] = {}
+        self._admitting = 0  # jobs past the queue check whose record is still being written
         self._responses: dict[str, DeploymentResponse] = {}
         self._background = [asyncio.create_task(self._resume()), asyncio.create_task(self._report_queue_depth())]
 
@@ -174,11 +175,13 @@ class VideoIngress:
             timings=state.timings,
         )
 
-    def _video_response(self, video: Video) -> JSONResponse:
+    def _video_response(self, record: JobRecord, state: JobState) -> JSONResponse:
+        """The Video, with the `openai-poll-after-ms` hint the SDK's poll loop honours while the job is unfinished."""
         headers = {}
-        if video.status in ("queued", "in_progress"):
-            headers["openai-poll-after-ms"] = str(self._config.storage.poll_after_ms)
-        return JSONResponse(video.model_dump(mode="json"), headers=headers)
+        if not state.terminal:
+            cfg = self._config
+            headers["openai-poll-after-ms"] = str(state.poll_after_ms(time.time(), cfg.min_poll_after_ms, cfg.poll_after_ms))
+        return JSONResponse(self._video(record, state).model_dump(mode="json"), headers=headers)
 
     def _record(self, video_id: str) -> JobRecord:
         record = self._store.record(video_id)
@@ -279,16 +282,20 @@ class VideoIngress:
         self._check_queue()
         submitted = time.time()
         record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved)
-        await asyncio.to_thread(self._store.create, record)
+        self._admitting += 1  # holds the queue slot across the await, so a burst cannot overshoot max_jobs
+        try:
+            await asyncio.to_thread(self._store.create, record)
+        finally:
+            self._admitting -= 1
         self._dispatch(record.id)
-        return self._video_response(self._video(record, JobState()))
+        return self._video_response(record, JobState())
 
     def _check_queue(self) -> None:
         """Back-pressure: 429 + Retry-After before a job exists once this replica holds `queue.max_jobs` jobs."""
-        limit = self._config.queue
-        if limit.max_jobs is not None and len(self._dispatched) >= limit.max_jobs:
+        limit, in_flight = self._config.queue, len(self._dispatched) + self._admitting
+        if limit.max_jobs is not None and in_flight >= limit.max_jobs:
             metrics.record_job_rejected("queue_full")
-            raise queue_full_error(len(self._dispatched), limit.max_jobs, limit.retry_after_s)
+            raise queue_full_error(in_flight, limit.max_jobs, limit.retry_after_s)
 
     def _resolve(self, create: VideoCreateBody) -> GenerationRequest:
         """Turn the OpenAI-shaped body into a fully resolved `GenerationRequest`, or raise a 4xx naming the field."""
@@ -351,7 +358,8 @@ class VideoIngress:
     @app.get("/v1/videos/{video_id}")
     async def retrieve_video(self, request: Request, video_id: str) -> JSONResponse:
         self._authorize(request)
-        return self._video_response(self._video(self._record(video_id)))
+        record = self._record(video_id)
+        return self._video_response(record, self._store.state(video_id))
 
     @app.delete("/v1/videos/{video_id}")
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:

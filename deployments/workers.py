@@ -24,6 +24,7 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from serve_app.config import AppConfig
+from serve_app.errors import invalid
 from serve_app.model_card import ModelCard
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
 
@@ -47,7 +48,7 @@ class JobProgress:
 
     store_url: str
     job_id: str
-    started_at: int
+    started_at: float
     interval_s: float
 
 
@@ -130,9 +131,12 @@ class GenerationWorker:
         from pab.video import encode_spritesheet, encode_thumbnail, encode_video
 
         on_step = _StepClock(progress) if self.rank == 0 else None
-        result = self._generator.generate(
-            GenerationParams(**request.generation_kwargs()), pab=request.pab, on_step=on_step
-        )
+        try:
+            result = self._generator.generate(
+                GenerationParams(**request.generation_kwargs()), pab=request.pab, on_step=on_step
+            )
+        except ValueError as exc:  # a request the model or the parallel split refuses; same on every rank
+            raise invalid(str(exc), param=getattr(exc, "field", None)) from None  # pickles across Ray
         if self.rank != 0:
             return None
         start = time.perf_counter()

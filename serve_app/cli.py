@@ -126,7 +126,8 @@ def _register_serve(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", help="AppConfig fields as key=value (dotted for sections)")
     p.add_argument("--config", default=None, help="a serve config YAML (e.g. serve_app/configs/serve_cpu.yaml)")
     p.add_argument("--address", default=None, help="Ray cluster to connect to (default: start Ray in-process)")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on every interface)")
+    p.add_argument("--host", default=os.environ.get("PAB_BIND_HOST", "127.0.0.1"),
+                   help="HTTP host (env PAB_BIND_HOST; 0.0.0.0 listens on every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of an in-process Ray (default: all)")
     p.set_defaults(func=_serve)

@@ -62,7 +62,6 @@ class StorageConfig(_Section):
     """
 
     url: str = DEFAULT_STORE_URL
-    poll_after_ms: int = Field(500, ge=0, description="the `openai-poll-after-ms` hint sent while a job runs")
     progress_interval_s: float = Field(0.2, ge=0, description="minimum time between two progress writes")
 
 
@@ -99,6 +98,9 @@ class AppConfig(BaseModel):
             request, quick upscale, slow downscale).
         queue: Back-pressure (`QueueConfig`): 429 + Retry-After past `max_jobs` jobs per ingress replica.
         health_check_period_s: How often Serve asks a generator replica whether its workers are alive.
+        poll_after_ms, min_poll_after_ms: Bounds of the `openai-poll-after-ms` hint on unfinished jobs. Within them
+            the hint is half the job's estimated remaining time, so clients poll rarely early on and see the end
+            soon after it happens.
         collective_timeout_s: torch.distributed store and collective timeout of the worker group.
         collective_grace_s: After one rank fails, how long the others get to finish before the group counts as
             broken (they are usually stuck in a collective with the failed rank).
@@ -125,6 +127,8 @@ class AppConfig(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: int = Field(1, ge=1)
     health_check_period_s: float = Field(2.0, gt=0)
+    poll_after_ms: int = Field(1000, ge=1)
+    min_poll_after_ms: int = Field(50, ge=1)
     health_check_timeout_s: float = Field(30.0, gt=0)
     collective_timeout_s: float = Field(120.0, gt=0)
     collective_grace_s: float = Field(2.0, ge=0)
@@ -161,6 +165,10 @@ class AppConfig(BaseModel):
     def _scaling_is_one_of(self) -> "AppConfig":
         if self.autoscaling_config is not None and self.num_replicas is not None:
             raise ValueError("set either num_replicas or autoscaling_config, not both")
+        if self.min_poll_after_ms > self.poll_after_ms:
+            raise ValueError(
+                f"min_poll_after_ms={self.min_poll_after_ms} must not exceed poll_after_ms={self.poll_after_ms}"
+            )
         return self
 
     @property

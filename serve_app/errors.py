@@ -33,15 +33,27 @@ class APIError(Exception):
     def to_body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with every field, so the error crosses Ray (a replica raising it to a handle caller) intact."""
+        return _rebuild, (type(self), self.status_code, self.message, self.type, self.param, self.code)
 
-def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
+
+def _rebuild(cls: type[APIError], status_code: int, message: str, type: str, param: str | None, code: str | None):
+    return cls(status_code, message, type=type, param=param, code=code)
 
 
-def limit_exceeded(limit: str, value: int, bound: int, param: str | None, hint: str) -> APIError:
+class InvalidRequestError(APIError, ValueError):
+    """A 400: the request itself is wrong (a `ValueError` too, for Python callers of the handle API)."""
+
+
+def invalid(message: str, param: str | None = None, code: str = "invalid_value") -> InvalidRequestError:
+    return InvalidRequestError(400, message, param=param, code=code)
+
+
+def limit_exceeded(limit: str, value: int, bound: int, param: str | None, hint: str) -> InvalidRequestError:
     """A request above a configured limit; the message names the limit (as in the app config) and the fix."""
     fix = f"reduce {param}" if param else "reduce frames, size or steps"
-    return APIError(
+    return InvalidRequestError(
         400,
         f"{hint}: {value} exceeds the limit {limit}={bound} configured for this server; {fix}",
         param=param,

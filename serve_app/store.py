@@ -52,7 +52,7 @@ class JobState(BaseModel):
 
     status: JobStatus = "queued"
     progress: int = 0
-    started_at: int | None = None
+    started_at: float | None = None
     completed_at: int | None = None
     error: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
@@ -62,6 +62,15 @@ class JobState(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def poll_after_ms(self, now: float, lo_ms: int, hi_ms: int) -> int:
+        """How long a client should wait before polling again: half the estimated remaining time (from the progress
+        rate so far), within [lo_ms, hi_ms]; `hi_ms` while nothing is known yet."""
+        if self.status != "in_progress" or self.started_at is None or self.progress <= 0:
+            return hi_ms
+        elapsed = max(now - self.started_at, 0.0)
+        remaining_ms = 1000 * elapsed * (100 - self.progress) / self.progress
+        return int(min(max(remaining_ms / 2, lo_ms), hi_ms))
 
 
 class JobStore:
@@ -194,9 +203,9 @@ class ProgressWriter:
     """The `on_step(step, total)` callback of a job: writes `in_progress` with the step fraction, at most every
     `interval_s` seconds (the last step always), capped at 99 so only a stored video reads as 100."""
 
-    def __init__(self, store: JobStore, job_id: str, started_at: int, interval_s: float) -> None:
+    def __init__(self, store: JobStore, job_id: str, started_at: float, interval_s: float) -> None:
         self._store, self._job_id, self._started_at, self._interval = store, job_id, started_at, interval_s
-        self._last_write = 0.0
+        self._last_write = float("-inf")
         self._last_progress = -1
 
     def __call__(self, step: int, total: int) -> None:

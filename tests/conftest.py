@@ -177,7 +177,9 @@ def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         health_check_period_s=1.0,
         collective_timeout_s=60.0,
         limits={"max_frames": 16, "max_pixels": 64 * 64, "max_steps": 400, "max_work": 8 * 32 * 32 * 400},
-        storage={"url": store_dir, "poll_after_ms": 50, "progress_interval_s": 0.0},
+        poll_after_ms=100,
+        min_poll_after_ms=20,
+        storage={"url": store_dir, "progress_interval_s": 0.0},
     )
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
     yield PabApp(url=serve_http, config=config, store=JobStore(store_dir))

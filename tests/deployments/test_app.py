@@ -90,6 +90,7 @@ def test_openai_sdk_drives_the_api(pab_app):
     )
     assert video.status == "completed" and video.progress == 100, video.error
     assert (video.size, video.seconds, video.model) == ("32x32", "1", "tiny-latte")
+    assert video.stats["attention"]["broadcast"] > 0  # our extras reach SDK users as attributes
     assert client.videos.retrieve(video.id).status == "completed"
 
     frames = decode_video(client.videos.download_content(video.id).read())
@@ -173,6 +174,16 @@ def test_malformed_bodies_and_unknown_ids(pab_app):
     assert http.delete("/v1/videos/video_0000000000000000000000000").status_code == 404
     assert pab_app.client(api_key=None).http.get("/v1/videos").status_code == 401
     assert pab_app.client(api_key=None).http.get("/health").status_code == 200
+
+
+def test_size_the_parallel_split_refuses_fails_the_job_clearly(pab_app):
+    # 12x12 passes the model's own rules (multiples of 4) but gives 3x3 tokens per frame, which DSP cannot split
+    # over 2 ranks; the ranks refuse it before any collective, so the job fails and the replica stays healthy.
+    api = pab_app.client()
+    failed = api.wait(api.create(prompt="a cat", size="12x12", steps=2)["id"], timeout=60)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_request"
+    assert "sp_degree = 2" in failed["error"]["message"]
+    assert api.wait(api.create(prompt="a cat", steps=2)["id"])["status"] == "completed"
 
 
 def test_multipart_form_like_the_sdk_sends(pab_app):

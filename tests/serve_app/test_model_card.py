@@ -1,0 +1,83 @@
+"""The model card: what the ingress validates requests against without loading the model. Checked against the real
+pipelines' own `validate_params`, so the card can never accept what a worker would refuse (or the reverse)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pab.config import PABConfigError
+from pab.pipelines import GenerationParams, GenerationParamsError, VideoGenerator, load_pipeline, validate_params
+from serve_app.config import LimitsConfig
+from serve_app.errors import APIError
+from serve_app.model_card import ModelCard, seconds_label
+from serve_app.schemas import GenerationRequest
+
+LIMITS = LimitsConfig()
+
+
+@pytest.fixture(scope="module", params=["tiny-latte", "tiny-cogvideox"])
+def loaded(request):
+    generator = VideoGenerator(load_pipeline(request.param), pab="reference")
+    card = ModelCard.from_generator(request.param, generator)
+    return generator, ModelCard.model_validate_json(card.model_dump_json())  # as the ingress reads it
+
+
+def _verdict(fn):
+    try:
+        fn()
+    except GenerationParamsError as exc:
+        return exc.field
+    return "ok"
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 32), (32, 36), (48, 16), (64, 64)])
+@pytest.mark.parametrize("frames", [1, 5, 8, 9, 13])
+def test_card_validates_like_the_pipeline(loaded, size, frames):
+    generator, card = loaded
+    width, height = size
+    params = GenerationParams(prompt="a cat", num_frames=frames, width=width, height=height)
+    expected = _verdict(lambda: validate_params(generator.pipeline, params))
+    request = GenerationRequest(prompt="a cat", num_frames=frames, width=width, height=height)
+    assert _verdict(lambda: card.resolve(request, "reference", LIMITS)) == expected
+
+
+def test_resolve_fills_defaults_and_draws_a_seed(loaded):
+    generator, card = loaded
+    resolved = card.resolve(GenerationRequest(prompt="a dog"), "PAB-246", LIMITS)
+    for key, value in generator.defaults.items():
+        assert getattr(resolved, key) == value
+    assert resolved.model == card.name and resolved.seed is not None
+    assert resolved.pab == generator.resolve_pab("PAB-246").to_dict()
+    assert card.resolve(GenerationRequest(prompt="a dog", seed=5), "none", LIMITS).seed == 5
+    with pytest.raises(GenerationParamsError) as info:
+        card.resolve(GenerationRequest(prompt="a dog", model="sora-2"), "reference", LIMITS)
+    assert info.value.field == "model" and "sora-2" in str(info.value)
+
+
+def test_limits_apply_before_model_rules(loaded):
+    _, card = loaded
+    with pytest.raises(APIError, match="max_frames"):
+        card.resolve(GenerationRequest(prompt="a dog", num_frames=999), "reference", LIMITS)
+
+
+def test_pab_presets_json_and_overrides(loaded):
+    generator, card = loaded
+    assert card.resolve_pab(None, "PAB-357") == generator.resolve_pab("PAB-357").to_dict()
+    as_json = card.resolve_pab('{"preset": "PAB-246", "spatial": {"range": 3}}', "reference")
+    assert as_json["spatial"]["range"] == 3 and as_json["name"] == "PAB-246+custom"
+    assert as_json["spatial"]["window"] == generator.resolve_pab("PAB-246").to_dict()["spatial"]["window"]
+    assert card.resolve_pab({"mlp": None, "name": "mine"}, "reference")["name"] == "mine"
+    for bad in ("PAB-999", {"spatial": {"range": 0}}, {"preset": "none", "bogus": 1}, "{not json"):
+        with pytest.raises(PABConfigError):
+            card.resolve_pab(bad, "reference")
+
+
+def test_seconds_to_frames_respects_temporal_compression(loaded):
+    _, card = loaded
+    fps = card.defaults["fps"]
+    frames = card.frames_for_seconds(1, fps)
+    if card.temporal_compression == 1:
+        assert frames == fps
+    else:
+        assert (frames - 1) % card.temporal_compression == 0 and abs(frames - fps) <= card.temporal_compression
+    assert seconds_label(8, 8) == "1" and seconds_label(9, 8) == "1.125"
