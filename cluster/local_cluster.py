@@ -56,9 +56,24 @@ class Node:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now (all held open until every one is chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+WORKER_PORTS_PER_NODE = 1000
+"""Each raylet gets its own range of worker ports (below Linux's ephemeral range), so raylets sharing 127.0.0.1
+never hand the same port to two workers."""
 
 
 def find_ray_cli() -> str:
@@ -100,7 +115,15 @@ class LocalCluster:
     ) -> LocalCluster:
         """Start the head, then each worker raylet, and wait until all of them are alive in the cluster."""
         # Token auth on every node (Ray turns it on at a head that finds a token, but not at a joining worker).
-        run_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", **(env or {})}
+        run_env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",
+            # A raylet waits this long for its dashboard agent (default 10 s, too short when several nodes share
+            # a few busy cores).
+            "RAY_agent_register_timeout_ms": "120000",
+            **(env or {}),
+        }
         cluster = cls(Path(temp_dir).resolve(), free_port(), run_env, ray_bin or find_ray_cli())
         if run_env["RAY_AUTH_MODE"] == "token":
             # Creates ~/.ray/auth_token (or $RAY_AUTH_TOKEN_PATH) only if none exists; clients read the same file.
@@ -118,11 +141,9 @@ class LocalCluster:
             if include_dashboard:
                 head_args.append(f"--dashboard-port={dashboard_port or free_port()}")
             cluster.wait_started(cluster._start_node(head, head_args, "head"))
-            # Workers start side by side: each `ray start` spends seconds importing Ray before it connects.
-            started = [cluster._start_node(spec, [f"--address={cluster.address}"], f"worker{i}")
-                       for i, spec in enumerate(workers, start=1)]
-            for node in started:
-                cluster.wait_started(node)
+            # One after the other: raylets starting side by side on a busy machine miss Ray's start-up deadlines.
+            for spec in workers:
+                cluster.add_worker(spec)
         except BaseException:
             cluster.stop()
             raise
@@ -135,7 +156,8 @@ class LocalCluster:
         return node
 
     def _start_node(self, spec: NodeSpec, role_args: list[str], name: str) -> Node:
-        metrics_port = free_port()
+        metrics, node_manager, object_manager, agent, agent_grpc, runtime_env = free_ports(6)
+        first_worker_port = 10002 + len(self.nodes) * WORKER_PORTS_PER_NODE
         args = [
             self.ray_bin,
             "start",
@@ -145,11 +167,16 @@ class LocalCluster:
             f"--num-cpus={spec.num_cpus}",
             f"--num-gpus={spec.num_gpus}",
             f"--object-store-memory={spec.object_store_memory}",
-            f"--metrics-export-port={metrics_port}",
-            # Every raylet on this machine needs its own agent ports (the defaults are fixed numbers).
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={metrics}",
+            # Raylets on one machine share its ports: give each its own (several defaults are fixed numbers, and
+            # two raylets starting at once can otherwise pick the same random one).
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--min-worker-port={first_worker_port}",
+            f"--max-worker-port={first_worker_port + WORKER_PORTS_PER_NODE - 1}",
             "--disable-usage-stats",
         ]
         if spec.resources:
@@ -159,7 +186,7 @@ class LocalCluster:
             process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
-        node = Node(spec, process, metrics_port, log_path)
+        node = Node(spec, process, metrics, log_path)
         self.nodes.append(node)
         return node
 

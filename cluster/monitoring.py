@@ -148,6 +148,27 @@ def query(base_url: str, expr: str, timeout: float = 10.0) -> list[dict[str, Any
     return body["data"]["result"]
 
 
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(url: str, timeout: float = 10.0) -> Samples:
+    """The samples a Prometheus endpoint (e.g. a Ray node's `http://127.0.0.1:8080/metrics`) exposes, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def series(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of `name` whose labels include `labels`."""
+    return [(lab, v) for lab, v in samples.get(name, []) if all(lab.get(k) == want for k, want in labels.items())]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start Prometheus beside the local Ray cluster.")
     parser.add_argument("--port", type=int, default=9090)

@@ -7,15 +7,15 @@ HTTP client are tests/conftest.py's (`wait_for`, `ApiClient`).
 
 from __future__ import annotations
 
-import urllib.request
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from cluster import monitoring
+from cluster.monitoring import Samples, series
 from tests.conftest import RAY_METRICS_PORT, TEST_STEPS, ApiClient, wait_for
 
 GENERATOR = "VideoGenerator"
-Samples = dict[str, list[tuple[dict[str, str], float]]]
+__all__ = ["ApiClient", "app_fixture", "deploy", "deployed", "replicas_running", "replicas_that_completed_jobs", "scrape", "series", "wait_for"]
 
 
 def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:
@@ -32,7 +32,8 @@ def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:
             "model": "tiny-latte",
             "sp_degree": 2,
             "defaults": {"num_inference_steps": TEST_STEPS},
-            "storage": {"url": store, "poll_after_ms": 50},
+            "storage": {"url": store},
+            "poll_after_ms": 100,
             **args,
         }
     )
@@ -42,19 +43,33 @@ def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:
     return api
 
 
+@contextlib.contextmanager
+def deployed(name: str, route_prefix: str, tmp_path_factory: Any, **args: Any) -> Iterator[ApiClient]:
+    """`deploy` with a fresh job store; deletes the application on exit (tests' module fixtures)."""
+    from ray import serve
+
+    api = deploy(name, route_prefix, str(tmp_path_factory.mktemp(name)), **args)
+    try:
+        yield api
+    finally:
+        serve.delete(name)
+
+
+def app_fixture(name: str, route_prefix: str, **args: Any) -> Any:
+    """A module-scoped pytest fixture `app` (an `ApiClient`) serving the app with `args` as `name`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiClient]:
+        with deployed(name, route_prefix, tmp_path_factory, **args) as api:
+            yield api
+
+    return app
+
+
 def scrape(port: int = RAY_METRICS_PORT) -> Samples:
-    """The samples the head node exports on its metrics port, by sample name."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
-    return samples
-
-
-def series(samples: Samples, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    return [(lab, v) for lab, v in samples.get(name, []) if all(lab.get(k) == want for k, want in labels.items())]
+    """The samples a Ray node exports on its metrics port (the session cluster's head by default)."""
+    return monitoring.scrape(f"http://127.0.0.1:{port}/metrics")
 
 
 def replicas_running(app: str, deployment: str = GENERATOR) -> int:

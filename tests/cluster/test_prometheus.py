@@ -16,7 +16,7 @@ import pytest
 
 from cluster import dashboard, monitoring
 from cluster.local_cluster import free_port
-from tests.cluster.live import ApiClient, deploy, wait_for
+from tests.cluster.live import ApiClient, app_fixture, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,19 +44,12 @@ def prometheus(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiClient]:
-    from ray import serve
-
-    api = deploy(
-        APP,
-        "/metrics-app",
-        str(tmp_path_factory.mktemp("metrics-store")),
-        autoscaling_config={"min_replicas": 1, "max_replicas": 1},  # Serve exports its autoscaling target too
-        queue={"max_jobs": 2, "retry_after_s": 1},
-    )
-    yield api
-    serve.delete(APP)
+app = app_fixture(
+    APP,
+    "/metrics-app",
+    autoscaling_config={"min_replicas": 1, "max_replicas": 1},  # Serve exports its autoscaling target too
+    queue={"max_jobs": 2, "retry_after_s": 1},
+)
 
 
 def _query(server: monitoring.PrometheusServer, expr: str) -> list[dict]:

@@ -7,11 +7,10 @@ Run: ../shared/bin/loopback-only .venv/bin/python -m pytest tests/deployments/te
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 
-from tests.cluster.live import ApiClient, deploy, replicas_running, replicas_that_completed_jobs, wait_for
+from tests.cluster.live import ApiClient, app_fixture, replicas_running, replicas_that_completed_jobs, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -21,28 +20,21 @@ BURST_STEPS = 30  # each job keeps a replica busy for seconds
 MAX_JOBS = 30  # bound on the top-ups below
 
 
-@pytest.fixture(scope="module")
-def app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiClient]:
-    from ray import serve
-
-    api = deploy(
-        APP,
-        "/autoscale",
-        str(tmp_path_factory.mktemp("autoscale-store")),
-        # Short delays for the test; the video defaults fill in target_ongoing_requests=1.
-        autoscaling_config={
-            "min_replicas": 1,
-            "max_replicas": 2,
-            "upscale_delay_s": 1,
-            "downscale_delay_s": 4,
-            "look_back_period_s": 2,
-            # Ray 2.60 pushes handle/replica load on this period (the RAY_SERVE_*_PUSH_INTERVAL_S env vars are not
-            # read); it must be below look_back_period_s or queued requests age out of the window unseen.
-            "metrics_interval_s": 0.5,
-        },
-    )
-    yield api
-    serve.delete(APP)
+app = app_fixture(
+    APP,
+    "/autoscale",
+    # Short delays for the test; the video defaults fill in target_ongoing_requests=1.
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 4,
+        "look_back_period_s": 2,
+        # Ray 2.60 pushes handle/replica load on this period (the RAY_SERVE_*_PUSH_INTERVAL_S env vars are not
+        # read); it must be below look_back_period_s or queued requests age out of the window unseen.
+        "metrics_interval_s": 0.5,
+    },
+)
 
 
 def test_a_burst_starts_a_second_replica_that_serves_and_then_scales_down(app: ApiClient) -> None:

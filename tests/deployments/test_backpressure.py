@@ -7,11 +7,10 @@ Run: ../shared/bin/loopback-only .venv/bin/python -m pytest tests/deployments/te
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 
-from tests.cluster.live import ApiClient, deploy, scrape, series, wait_for
+from tests.cluster.live import ApiClient, app_fixture, scrape, series, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -22,19 +21,12 @@ BURST = 8
 STEPS = 40  # a job runs for seconds: the whole burst lands while the first jobs still run
 
 
-@pytest.fixture(scope="module")
-def app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiClient]:
-    from ray import serve
-
-    api = deploy(
-        APP,
-        "/backpressure",
-        str(tmp_path_factory.mktemp("backpressure-store")),
-        num_replicas=1,
-        queue={"max_jobs": MAX_JOBS, "retry_after_s": RETRY_AFTER_S},
-    )
-    yield api
-    serve.delete(APP)
+app = app_fixture(
+    APP,
+    "/backpressure",
+    num_replicas=1,
+    queue={"max_jobs": MAX_JOBS, "retry_after_s": RETRY_AFTER_S},
+)
 
 
 def _post(app: ApiClient, i: int):

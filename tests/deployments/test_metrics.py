@@ -1,0 +1,115 @@
+"""deployments/metrics.py without a cluster: what a job's stats and timings turn into, recorded by stand-in metric
+objects that keep every call (the end-to-end export through Ray and Prometheus is tests/cluster/test_prometheus.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+
+from deployments import metrics
+
+
+class _Recorder:
+    """Keeps inc/observe/set calls by their tag set, like a metric with labels would."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple, float] = defaultdict(float)
+        self.observed: dict[tuple, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def _key(tags: dict[str, str]) -> tuple:
+        return tuple(sorted(tags.items()))
+
+    def inc(self, value: float, tags: dict[str, str]) -> None:
+        if value <= 0:
+            raise ValueError(f"value must be >0, got {value}")  # as Ray's Counter does
+        self.values[self._key(tags)] += value
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        self.values[self._key(tags)] = value
+
+    def observe(self, value: float, tags: dict[str, str]) -> None:
+        self.observed[self._key(tags)].append(value)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    fake = SimpleNamespace(**{name: _Recorder() for name in metrics._SPECS})
+    monkeypatch.setattr(metrics, "_metrics", lambda: fake)
+    return fake
+
+
+def _stats() -> dict:
+    """The shape of pab.stats.PABStats.to_dict()."""
+    from pab.stats import PABStats
+
+    stats = PABStats(preset="reference")
+    for kind, (calls, broadcast) in {"spatial": (10, 6), "temporal": (10, 4), "cross": (10, 0), "mlp": (4, 0)}.items():
+        stats.kinds[kind].calls, stats.kinds[kind].broadcast = calls, broadcast
+        stats.kinds[kind].computed = calls - broadcast
+    stats.book_issued("spatial", "all_to_all", 1000)
+    stats.book_issued("other", "all_gather", 300)
+    stats.book_skipped("spatial", "all_to_all", 600)
+    return stats.to_dict()
+
+
+def test_a_finished_job_books_calls_broadcasts_bytes_frames_and_latencies(recorded: SimpleNamespace) -> None:
+    timings = {"queue_wait_s": 0.5, "denoise_s": 3.0, "decode_s": 0.25, "encode_s": 0.125, "total_s": 4.0}
+    metrics.record_job_finished("tiny-latte", "reference", _stats(), timings, "completed", frames=8)
+    tags = (("model", "tiny-latte"), ("preset", "reference"))
+
+    calls, broadcasts = recorded.attention_calls.values, recorded.attention_broadcasts.values
+    assert {dict(k)["kind"]: v for k, v in calls.items()} == {"spatial": 10, "temporal": 10, "cross": 10}
+    # No series for a kind that broadcast nothing: Ray counters cannot be incremented by 0.
+    assert {dict(k)["kind"]: v for k, v in broadcasts.items()} == {"spatial": 6, "temporal": 4}
+    assert dict(recorded.mlp_calls.values) == {tags: 4} and dict(recorded.mlp_broadcasts.values) == {}
+    assert {(dict(k)["kind"], dict(k)["op"], dict(k)["outcome"]): v for k, v in recorded.collective_bytes.values.items()} == {
+        ("spatial", "all_to_all", "issued"): 1000,
+        ("other", "all_gather", "issued"): 300,
+        ("spatial", "all_to_all", "skipped"): 600,
+    }
+    assert dict(recorded.frames.values) == {tags: 8}
+    assert dict(recorded.jobs.values) == {tags + (("status", "completed"),): 1}
+    stages = {dict(k)["stage"]: v for k, v in recorded.latency.observed.items()}
+    assert stages == {"queue_wait": [0.5], "denoising": [3.0], "decode_encode": [0.375], "end_to_end": [4.0]}
+
+
+def test_a_failed_job_books_its_status_only(recorded: SimpleNamespace) -> None:
+    metrics.record_job_finished("m", "none", None, None, "failed")
+    assert dict(recorded.jobs.values) == {(("model", "m"), ("preset", "none"), ("status", "failed")): 1}
+    assert not recorded.attention_calls.values and not recorded.latency.observed and not recorded.frames.values
+
+
+def test_queue_depth_steps_and_rejections(recorded: SimpleNamespace) -> None:
+    metrics.set_queue_depth(3, 1)
+    metrics.set_queue_depth(2, 1)
+    assert dict(recorded.queue_depth.values) == {(("state", "waiting"),): 2, (("state", "running"),): 1}
+    metrics.observe_step_seconds("m", "p", 0.2)
+    assert list(recorded.step.observed.values()) == [[0.2]]
+    metrics.record_job_rejected()
+    metrics.record_job_rejected()
+    assert dict(recorded.rejected.values) == {(("reason", "queue_full"),): 2}
+
+
+def test_a_metrics_failure_never_reaches_the_caller(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    def broken():
+        raise RuntimeError("metrics backend down")
+
+    monkeypatch.setattr(metrics, "_metrics", broken)
+    metrics.record_job_finished("m", "p", None, None, "completed")  # must not raise
+    assert "could not record metrics" in caplog.text
+
+
+def test_exported_names_follow_prometheus_conventions() -> None:
+    names = metrics.exported_names()
+    assert len(names) == len(set(names))
+    for spec, name in zip(metrics._SPECS.values(), names):
+        assert name.startswith("pab_")
+        if spec.kind == "counter":
+            assert name.endswith("_total")
+        if "seconds" in spec.description.lower() or spec.kind == "histogram":
+            assert name.endswith("_seconds")
+    assert "pab_collective_bytes_total" in names  # unit before _total
