@@ -72,8 +72,9 @@ def free_ports(count: int) -> list[int]:
 
 
 WORKER_PORTS_PER_NODE = 1000
-"""Each raylet gets its own range of worker ports (below Linux's ephemeral range), so raylets sharing 127.0.0.1
-never hand the same port to two workers."""
+"""Each raylet gets its own range of worker ports from 20000 up: above the range a plain `ray.init()` cluster uses
+(10002-19999, so one can run beside) and below Linux's ephemeral ports, so raylets sharing 127.0.0.1 never hand
+the same port to two workers."""
 
 
 def find_ray_cli() -> str:
@@ -157,7 +158,7 @@ class LocalCluster:
 
     def _start_node(self, spec: NodeSpec, role_args: list[str], name: str) -> Node:
         metrics, node_manager, object_manager, agent, agent_grpc, runtime_env = free_ports(6)
-        first_worker_port = 10002 + len(self.nodes) * WORKER_PORTS_PER_NODE
+        first_worker_port = 20000 + len(self.nodes) * WORKER_PORTS_PER_NODE
         args = [
             self.ray_bin,
             "start",

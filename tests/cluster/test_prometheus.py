@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -136,3 +137,39 @@ def test_dashboard_queries_return_data_and_hit_rate_matches_the_jobs_stats(
             empty.append(expr)
     names = prometheus.query('count by (__name__, application) ({__name__=~"ray_(pab|serve_deployment_queued).*"})')
     assert empty == [], f"no data for: {empty}; series present: {[r['metric'] for r in names]}"
+
+
+def test_start_monitoring_script_starts_a_ready_prometheus_and_stops_it(tmp_path) -> None:
+    """The one command of cluster/start-monitoring.sh, end to end (no Ray needed: the SD file may not exist yet)."""
+    import subprocess
+    import urllib.request
+
+    from tests.conftest import REPO_ROOT, in_loopback_namespace
+
+    if not in_loopback_namespace():
+        pytest.skip("opens a port: run inside ../shared/bin/loopback-only")
+    if monitoring.find_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the prometheus binary is missing under CI: scripts/setup.sh must install it")
+        pytest.skip("Prometheus is not installed (apt-get install -y prometheus)")
+    port, data = free_port(), tmp_path / "prom"
+    script = [str(REPO_ROOT / "cluster" / "start-monitoring.sh"), "--data-dir", str(data)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    started = subprocess.run(
+        script + ["--port", str(port), "--ray-temp-dir", str(tmp_path / "ray")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int((data / "prometheus.pid").read_text())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as resp:
+            assert resp.status == 200
+        config = (data / "prometheus.yml").read_text()
+        assert str((tmp_path / "ray").resolve() / monitoring.SD_FILE_NAME) in config
+    finally:
+        stopped = subprocess.run(script + ["--stop"], capture_output=True, text=True, env=env, timeout=60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 15, "Prometheus to exit after --stop")
