@@ -289,7 +289,9 @@ def render() -> dict:
                 datasource,
                 _variable("Cluster", "Ray cluster", "label_values(ray_pab_jobs_total, ray_io_cluster)"),
                 _variable(
-                    "application", "Serve application", "label_values(ray_serve_deployment_replica_healthy, application)"
+                    "application",
+                    "Serve application",
+                    "label_values(ray_serve_deployment_replica_healthy, application)",
                 ),
                 _variable("model", "Model", "label_values(ray_pab_jobs_total, model)"),
                 _variable("preset", "PAB preset", "label_values(ray_pab_jobs_total, preset)"),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-RAY_START_TIMEOUT_S = 60.0
+RAY_START_TIMEOUT_S = 180.0  # `ray start` imports Ray and starts several daemons: slow on a busy 2-core machine
 
 
 class LocalClusterError(RuntimeError):
@@ -150,11 +150,23 @@ class LocalCluster:
             raise
         return cluster
 
-    def add_worker(self, spec: NodeSpec) -> Node:
-        """Start one more worker raylet and wait until it joined."""
-        node = self._start_node(spec, [f"--address={self.address}"], f"worker{len(self.nodes)}")
-        self.wait_started(node)
-        return node
+    def add_worker(self, spec: NodeSpec, attempts: int = 3) -> Node:
+        """Start one more worker raylet and wait until it joined.
+
+        Ray gives a new raylet a fixed 30 s to register with the GCS; on a machine busy enough to miss that, `ray
+        start` gives up, so a failed start is retried (its processes ended first).
+        """
+        for attempt in range(1, attempts + 1):
+            node = self._start_node(spec, [f"--address={self.address}"], f"worker{len(self.nodes)}")
+            try:
+                self.wait_started(node)
+                return node
+            except LocalClusterError:
+                self._end(node)
+                self.nodes.remove(node)
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def _start_node(self, spec: NodeSpec, role_args: list[str], name: str) -> Node:
         metrics, node_manager, object_manager, agent, agent_grpc, runtime_env = free_ports(6)
@@ -196,11 +208,24 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if node.process.poll() is not None:
-                raise LocalClusterError(f"`ray start` exited with code {node.process.returncode}; see {node.log_path}")
+                raise LocalClusterError(
+                    f"`ray start` exited with code {node.process.returncode}; {node.log_path} ends:\n{_tail(node)}"
+                )
             if _STARTED_MARK in node.log_path.read_bytes():
                 return
             time.sleep(0.25)
-        raise LocalClusterError(f"Ray node did not start within {timeout_s:.0f} s; see {node.log_path}")
+        raise LocalClusterError(
+            f"Ray node did not start within {timeout_s:.0f} s; {node.log_path} ends:\n{_tail(node)}"
+        )
+
+    @staticmethod
+    def _end(node: Node) -> None:
+        """SIGKILL the process group `ray start` led (raylet, agents, workers): only what this node started."""
+        try:
+            os.killpg(node.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        node.process.wait()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM every node this cluster started (workers first), then SIGKILL their process groups."""
@@ -214,11 +239,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
             # Raylets, GCS and workers run in the process group `ray start` led; end any it left behind.
-            try:
-                os.killpg(node.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            node.process.poll()
+            self._end(node)
         self.nodes.clear()
 
     def __enter__(self) -> LocalCluster:
@@ -229,6 +250,10 @@ class LocalCluster:
 
 
 _STARTED_MARK = b"Ray runtime started"
+
+
+def _tail(node: Node, lines: int = 15) -> str:
+    return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _parse_resources(text: str) -> dict[str, float]:
@@ -261,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except LocalClusterError as e:
         parser.exit(1, f"error: {e}\n")
     print(f"Ray cluster of {1 + args.workers} nodes at {cluster.address} (temp dir {cluster.temp_dir}).")
-    print(f"Connect with RAY_AUTH_MODE=token RAY_ADDRESS={cluster.address}. Metrics ports: {[n.metrics_export_port for n in cluster.nodes]}")
+    print(f"Connect with RAY_AUTH_MODE=token RAY_ADDRESS={cluster.address}.")
+    print(f"Metrics export ports (head first): {[n.metrics_export_port for n in cluster.nodes]}")
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:

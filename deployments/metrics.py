@@ -10,9 +10,9 @@ Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
 - `ray_pab_attention_calls_total{model,preset,kind}` / `ray_pab_attention_broadcasts_total{...}`: per attention kind
   (spatial, temporal, cross), module calls and how many of them reused a cached output. Hit rate = ratio.
 - `ray_pab_mlp_calls_total{model,preset}` / `ray_pab_mlp_broadcasts_total{model,preset}`: the same for MLP broadcast.
-- `ray_pab_collective_bytes_total{model,preset,kind,op,outcome}`: bytes this rank sent in collectives
-  (`outcome="issued"`) and bytes a broadcast made unnecessary (`outcome="skipped"`); issued + skipped is what the
-  generation would have sent without PAB.
+- `ray_pab_collective_bytes_total{model,preset,kind,op,outcome}`: bytes a replica's rank 0 sent in sequence-parallel
+  collectives (`outcome="issued"`) and bytes a broadcast made unnecessary (`outcome="skipped"`); issued + skipped is
+  what the generation would have sent without PAB.
 - `ray_pab_frames_generated_total{model,preset}`: video frames of completed jobs.
 - `ray_pab_jobs_total{model,preset,status}`: jobs that reached a terminal status (`completed`, `failed`, ...).
 - `ray_pab_jobs_rejected_total{reason}`: requests refused before a job existed (back-pressure: `queue_full`).
@@ -38,8 +38,6 @@ from typing import Any, Callable, Mapping
 logger = logging.getLogger("ray.serve")
 
 ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
-LATENCY_STAGES: tuple[str, ...] = ("queue_wait", "denoising", "decode_encode", "end_to_end")
-QUEUE_STATES: tuple[str, ...] = ("waiting", "running")
 
 # Which keys of a job's timings dict (seconds) make up each latency stage; absent keys are skipped.
 TIMING_KEYS: dict[str, tuple[str, ...]] = {
@@ -78,7 +76,9 @@ _SPECS: dict[str, _Spec] = {
         _JOB_TAGS + ("kind",),
     ),
     "mlp_calls": _Spec("counter", "pab_mlp_calls", "MLP module calls.", _JOB_TAGS),
-    "mlp_broadcasts": _Spec("counter", "pab_mlp_broadcasts", "MLP module calls answered from the PAB cache.", _JOB_TAGS),
+    "mlp_broadcasts": _Spec(
+        "counter", "pab_mlp_broadcasts", "MLP module calls answered from the PAB cache.", _JOB_TAGS
+    ),
     "collective_bytes": _Spec(
         "counter",
         "pab_collective_bytes",
@@ -89,7 +89,10 @@ _SPECS: dict[str, _Spec] = {
     "jobs": _Spec("counter", "pab_jobs", "Jobs that reached a terminal status.", _JOB_TAGS + ("status",)),
     "rejected": _Spec("counter", "pab_jobs_rejected", "Requests refused before a job was created.", ("reason",)),
     "queue_depth": _Spec(
-        "gauge", "pab_queue_depth", "Accepted jobs of this ingress replica waiting for a generator or running.", ("state",)
+        "gauge",
+        "pab_queue_depth",
+        "Accepted jobs of this ingress replica waiting for a generator or running.",
+        ("state",),
     ),
     "latency": _Spec(
         "histogram",

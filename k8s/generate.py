@@ -164,7 +164,10 @@ def _env(variant: Variant) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # A model hub token for gated models; optional, so pods start without the Secret.
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "pab-serve-secrets", "key": "hf-token", "optional": True}}},
+        {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "pab-serve-secrets", "key": "hf-token", "optional": True}},
+        },
     ]
     if variant.app_args.get("api_key_env"):
         env.append(
@@ -328,12 +331,13 @@ def render() -> dict[str, str]:
         files[f"k8s/{variant.name}/kustomization.yaml"] = _kustomization(resources)
     files["k8s/monitoring/podmonitors.yaml"] = _dump([_pod_monitor("head"), _pod_monitor("worker")])
     files["k8s/monitoring/grafana-dashboard-configmap.yaml"] = _dump([dashboard_configmap()])
-    files["k8s/monitoring/kustomization.yaml"] = _kustomization(["podmonitors.yaml", "grafana-dashboard-configmap.yaml"])
+    files["k8s/monitoring/kustomization.yaml"] = _kustomization(
+        ["podmonitors.yaml", "grafana-dashboard-configmap.yaml"]
+    )
     # The GPU app for VMs (cluster/ray-cluster-aws-gpu.yaml): the same serve config as the GPU RayService.
     (gpu,) = [v for v in VARIANTS if v.name == "gpu"]
-    files["cluster/serve-gpu.yaml"] = HEADER + "# `serve deploy cluster/serve-gpu.yaml` on a GPU Ray cluster.\n" + yaml.dump(
-        serve_config(gpu), Dumper=_Dumper, sort_keys=False, width=120
-    )
+    usage = "# `serve deploy cluster/serve-gpu.yaml` on a GPU Ray cluster.\n"
+    files["cluster/serve-gpu.yaml"] = HEADER + usage + yaml.dump(serve_config(gpu), Dumper=_Dumper, sort_keys=False)
     return files
 
 

@@ -15,7 +15,17 @@ from cluster.monitoring import Samples, series
 from tests.conftest import RAY_METRICS_PORT, TEST_STEPS, ApiClient, wait_for
 
 GENERATOR = "VideoGenerator"
-__all__ = ["ApiClient", "app_fixture", "deploy", "deployed", "replicas_running", "replicas_that_completed_jobs", "scrape", "series", "wait_for"]
+__all__ = [
+    "ApiClient",
+    "app_fixture",
+    "deploy",
+    "deployed",
+    "replicas_running",
+    "replicas_that_completed_jobs",
+    "scrape",
+    "series",
+    "wait_for",
+]
 
 
 def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:

@@ -73,7 +73,8 @@ def test_prometheus_config_points_at_the_ray_service_discovery_file(tmp_path: Pa
     (job,) = config["scrape_configs"]
     assert job["file_sd_configs"][0]["files"] == [str((tmp_path / "ray").resolve() / monitoring.SD_FILE_NAME)]
     template = yaml.safe_load(monitoring.TEMPLATE_PATH.read_text())
-    assert template["scrape_configs"][0]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+    default_sd_file = "/tmp/ray/prom_metrics_service_discovery.json"
+    assert template["scrape_configs"][0]["file_sd_configs"][0]["files"] == [default_sd_file]
 
 
 def test_start_fails_clearly_without_the_binary(tmp_path: Path) -> None:

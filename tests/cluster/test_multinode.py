@@ -36,11 +36,13 @@ def cluster() -> Iterator[LocalCluster]:
     # A short temp dir: Ray's unix socket paths under it must stay below 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="pab-mn-")
     env = {**RAY_TEST_ENV, "PYTHONPATH": str(REPO_ROOT)}
-    local = LocalCluster.start(HEAD, [WORKER, WORKER], temp_dir=temp_dir, env=env)
     try:
-        yield local
+        local = LocalCluster.start(HEAD, [WORKER, WORKER], temp_dir=temp_dir, env=env)
+        try:
+            yield local
+        finally:
+            local.stop()
     finally:
-        local.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -66,7 +66,9 @@ def test_a_finished_job_books_calls_broadcasts_bytes_frames_and_latencies(record
     # No series for a kind that broadcast nothing: Ray counters cannot be incremented by 0.
     assert {dict(k)["kind"]: v for k, v in broadcasts.items()} == {"spatial": 6, "temporal": 4}
     assert dict(recorded.mlp_calls.values) == {tags: 4} and dict(recorded.mlp_broadcasts.values) == {}
-    assert {(dict(k)["kind"], dict(k)["op"], dict(k)["outcome"]): v for k, v in recorded.collective_bytes.values.items()} == {
+    by_labels = recorded.collective_bytes.values.items()
+    comm = {(dict(k)["kind"], dict(k)["op"], dict(k)["outcome"]): v for k, v in by_labels}
+    assert comm == {
         ("spatial", "all_to_all", "issued"): 1000,
         ("other", "all_gather", "issued"): 300,
         ("spatial", "all_to_all", "skipped"): 600,
