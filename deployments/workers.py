@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,9 @@ class GenerationWorker:
             )
         except ValueError as exc:  # a request the model or the parallel split refuses; same on every rank
             raise invalid(str(exc), param=getattr(exc, "field", None)) from None  # pickles across Ray
+        finally:
+            if on_step is not None:
+                on_step.close()
         if self.rank != 0:
             return None
         start = time.perf_counter()
@@ -156,15 +160,21 @@ class GenerationWorker:
 
 
 class _StepClock:
-    """Rank 0's `on_step`: times each denoising step and writes the job's progress to the store."""
+    """Rank 0's `on_step`: times each denoising step and writes the job's progress to the store.
+
+    The writes run on a background thread, one at a time (a step that finds one still in flight skips its own), so
+    a slow store (an object store: tens of ms a write) never holds up the denoising loop that the other ranks wait
+    on in their collectives. `close()` waits for the last write, so none lands after the job's final state.
+    """
 
     def __init__(self, progress: JobProgress | None) -> None:
-        self._writer = None
+        self._writer = self._executor = self._pending = None
         if progress is not None:
             from serve_app.store import JobStore, ProgressWriter
 
             store = JobStore(progress.store_url)
             self._writer = ProgressWriter(store, progress.job_id, progress.started_at, progress.interval_s)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pab-progress")
         self._last = time.perf_counter()
         self.step_seconds: list[float] = []
 
@@ -172,11 +182,18 @@ class _StepClock:
         now = time.perf_counter()
         self.step_seconds.append(now - self._last)
         self._last = now
-        if self._writer is not None:
-            try:
-                self._writer(step + 1, total)  # `step` is the index of the step that just finished
-            except Exception:  # a progress write must never stop one rank while the others wait in a collective
-                logger.warning("pab: could not write job progress", exc_info=True)
+        if self._executor is not None and (self._pending is None or self._pending.done()):
+            self._pending = self._executor.submit(self._write, step + 1, total)  # `step` is the finished step's index
+
+    def _write(self, done: int, total: int) -> None:
+        try:
+            self._writer(done, total)
+        except Exception:  # progress is best effort: a failed write must not fail the generation
+            logger.warning("pab: could not write job progress", exc_info=True)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 class WorkerGroup:

@@ -128,7 +128,7 @@ class AppConfig(BaseModel):
     max_ongoing_requests: int = Field(1, ge=1)
     health_check_period_s: float = Field(2.0, gt=0)
     poll_after_ms: int = Field(1000, ge=1)
-    min_poll_after_ms: int = Field(50, ge=1)
+    min_poll_after_ms: int = Field(25, ge=1)
     health_check_timeout_s: float = Field(30.0, gt=0)
     collective_timeout_s: float = Field(120.0, gt=0)
     collective_grace_s: float = Field(2.0, ge=0)
