@@ -46,7 +46,7 @@ class VideoGeneratorDeployment:
         replica = serve.get_replica_context().replica_id.unique_id
         self._group = WorkerGroup(config, get_current_placement_group(), name_prefix=replica)
         self._card = await self._group.start()
-        self._store.put_card(self._card.name, self._card.model_dump_json())
+        self._store.put_card(config.card_key(), self._card.model_dump_json())
 
     def check_health(self) -> None:
         if self._group.broken is not None:

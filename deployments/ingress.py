@@ -140,7 +140,7 @@ class VideoIngress:
 
     def _model_card(self) -> ModelCard:
         if self._card is None:
-            raw = self._store.card(self._config.model_name)
+            raw = self._store.card(self._config.card_key())
             if raw is None:
                 raise APIError(
                     503,

@@ -7,6 +7,7 @@ embedded Latte on CPU with two workers per replica, so the whole distributed pat
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Literal
 
@@ -62,7 +63,7 @@ class StorageConfig(_Section):
     """
 
     url: str = DEFAULT_STORE_URL
-    progress_interval_s: float = Field(0.2, ge=0, description="minimum time between two progress writes")
+    progress_interval_s: float = Field(0.5, ge=0, description="minimum time between two progress writes")
 
 
 class QueueConfig(_Section):
@@ -189,6 +190,12 @@ class AppConfig(BaseModel):
 
     def placement_group_bundles(self) -> list[dict[str, float]]:
         return [self.worker_bundle() for _ in range(self.world_size)]
+
+    def card_key(self) -> str:
+        """Where this deployment's model card lives in the store: the served name plus a hash of the config, so an
+        ingress never reads the card a generator of an earlier, different config left behind."""
+        digest = hashlib.sha256(self.model_dump_json(exclude={"api_key", "api_key_env"}).encode()).hexdigest()
+        return f"{self.model_name}@{digest[:16]}"
 
     def resolved_api_key(self) -> str | None:
         """The key requests must present, or None when auth is off."""

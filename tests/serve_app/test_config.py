@@ -95,3 +95,10 @@ def test_errors_survive_pickling_as_ray_ships_them():
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and copy.to_body() == error.to_body() and copy.status_code == error.status_code
     assert isinstance(invalid("x"), ValueError) and issubclass(InvalidRequestError, ValueError)
+
+
+def test_card_key_changes_with_the_config_but_not_the_secret():
+    base = AppConfig()
+    assert base.card_key().startswith("tiny-latte@") and base.card_key() == AppConfig().card_key()
+    assert AppConfig(defaults={"num_inference_steps": 4}).card_key() != base.card_key()
+    assert AppConfig(api_key="secret").card_key() == base.card_key()
