@@ -152,13 +152,15 @@ def main() -> None:
                 "pab226": use_ours(as_diffusers)}
     times: dict[str, list[float]] = defaultdict(list)
     fractions: dict[str, dict[str, float]] = {}
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
         for name, enter in variants.items():
             enter()
             times[name].append(loop.run())
+            print(f"round {round_index + 1}: {name} {times[name][-1]:.2f} s", flush=True)
             fractions[name] = {k: s.hit_rate for k, s in handle.stats.kinds.items()}
         use_diffusers()
         times["diffusers246"].append(loop.run())
+        print(f"round {round_index + 1}: diffusers246 {times['diffusers246'][-1]:.2f} s", flush=True)
         leave_diffusers()
         handle = apply_pab(model, get_preset("none"))
 
