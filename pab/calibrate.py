@@ -3,7 +3,8 @@
 The paper fixes one window (e.g. 100..800) and a pyramid of ranges (2/4/6) by hand. Here the profile says where each
 kind's output is stable (the floor of its U-shaped difference curve) and how stable (spatial > temporal >> cross for
 Latte-style models), so candidates are built from it: for a threshold factor f, a kind's window is the contiguous run
-of steps around its curve's minimum whose difference stays below f x that minimum; ranges follow the kinds' stability
+of steps around its curve's minimum whose difference stays below f x the least stable kind's minimum (one absolute
+threshold: reusing an output costs about its step-to-step difference, whatever the kind); ranges follow the kinds' stability
 order in a pyramid (base, base+gap, base+2*gap). Candidates are ranked by the broadcast fraction they give (computed
 exactly by replaying the PAB rule over the sampler's timesteps), and the most aggressive one that meets the quality
 budget - a PSNR floor against the full model, measured by actually generating - wins.
@@ -20,7 +21,7 @@ from pab.config import ATTENTION_KINDS, TIMESTEP_SCALE, BroadcastRule, PABConfig
 from pab.profiler import AttentionProfile
 from pab.quality import EvalRow, run_config
 
-FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
+FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 30.0, 100.0)
 BASES: tuple[int, ...] = (2, 3, 4, 5, 6)
 GAPS: tuple[int, ...] = (1, 2)
 
@@ -45,13 +46,14 @@ def broadcast_fraction(config: PABConfig, timesteps: list[float], modules: dict[
     return sum(modules.get(k, 0) * rule_fraction(config.rule_for(k), timesteps) for k in ATTENTION_KINDS) / total
 
 
-def stable_window(profile: AttentionProfile, kind: str, factor: float) -> tuple[float, float] | None:
-    """The contiguous steps around the curve's minimum with difference <= factor x minimum, as an open window."""
+def stable_window(profile: AttentionProfile, kind: str, threshold: float) -> tuple[float, float] | None:
+    """The contiguous steps around the curve's minimum whose difference is <= threshold, as an open window
+    (at least the minimum's own step)."""
     curve, ts = profile.kind_curve(kind), profile.timesteps
     if not curve:
         return None
     best = min(range(len(curve)), key=curve.__getitem__)
-    limit = factor * max(curve[best], 1e-30)
+    limit = max(threshold, curve[best])
     lo = hi = best
     while hi + 1 < len(curve) and curve[hi + 1] <= limit:
         hi += 1
@@ -62,13 +64,18 @@ def stable_window(profile: AttentionProfile, kind: str, factor: float) -> tuple[
 
 
 def candidates(profile: AttentionProfile, factors=FACTORS, bases=BASES, gaps=GAPS) -> list[PABConfig]:
-    """Every (factor, base, gap) config: per-kind windows from the profile, pyramid ranges by stability."""
+    """Every (factor, base, gap) config: per-kind windows from the profile, pyramid ranges by stability.
+
+    One absolute threshold per factor for all kinds - f x the floor of the least stable kind's U - since reusing an
+    output costs about its step-to-step difference, whatever the kind: stable kinds get wider windows.
+    """
     kinds = profile.kinds
     if not kinds:
         raise CalibrationError("the profile holds no attention kind; profile a model with an adapter first")
+    reference = max(min(profile.kind_curve(k)) for k in kinds)
     out = []
     for f in factors:
-        windows = {k: stable_window(profile, k, f) for k in kinds}
+        windows = {k: stable_window(profile, k, f * reference) for k in kinds}
         # Least stable kind (largest mean difference inside its window) gets the smallest range.
         def in_window_mean(k: str) -> float:
             lo, hi = windows[k]

@@ -30,18 +30,14 @@ def default_prompts(model: str) -> list[str]:
 
 
 def load_model(model: str, dtype: str | None = None) -> Any:
-    """`pab.pipelines.load_pipeline`, plus the tiny shapes model by name or by an exported folder."""
+    """`pab.pipelines.load_pipeline`, plus folders exported by `pab.tinyvideo.train --export`."""
     from pab.pipelines import _DTYPES, load_pipeline
-    from pab.testing import EMBEDDED_MODELS
-    from pab.tinyvideo.pipeline import MODEL_NAME, is_tiny_video_folder, load_tiny_shapes
+    from pab.tinyvideo.pipeline import is_tiny_video_folder, load_tiny_shapes
 
-    if model == MODEL_NAME and model not in EMBEDDED_MODELS:
-        pipe = load_tiny_shapes()
-    elif is_tiny_video_folder(model):
+    if is_tiny_video_folder(model):
         pipe = load_tiny_shapes(path=model)
-    else:
-        return load_pipeline(model, dtype=dtype)
-    return pipe.to(dtype=_DTYPES[dtype]) if dtype else pipe
+        return pipe.to(dtype=_DTYPES[dtype]) if dtype else pipe
+    return load_pipeline(model, dtype=dtype)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

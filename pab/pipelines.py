@@ -23,6 +23,7 @@ from .config import PABConfig, PABConfigError
 from .hooks import PABHandle, apply_pab
 from .presets import get_preset
 from .testing import EMBEDDED_MODELS
+from .tinyvideo.pipeline import TRAINED_MODELS
 from .video import encode_video  # noqa: F401  (part of the pab.pipelines contract in docs/ARCHITECTURE.md)
 
 OnStep = Callable[[int, int], None]
@@ -134,8 +135,8 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
         if dtype not in _DTYPES:
             raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         dtype = _DTYPES[dtype]
-    if model in EMBEDDED_MODELS:
-        entry = EMBEDDED_MODELS[model]
+    entry = EMBEDDED_MODELS.get(model) or TRAINED_MODELS.get(model)
+    if entry is not None:
         pipeline = entry.build()
         setattr(pipeline, _DEFAULTS_ATTR, entry.defaults())
     else:
@@ -143,7 +144,8 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
             pipeline = DiffusionPipeline.from_pretrained(model, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
-                f"model {model!r} is not an embedded model ({sorted(EMBEDDED_MODELS)}) and from_pretrained failed: "
+                f"model {model!r} is not an embedded model ({sorted({**EMBEDDED_MODELS, **TRAINED_MODELS})}) and "
+                f"from_pretrained failed: "
                 f"{exc}. Pass a directory saved with save_pretrained, or a hub id with the hub reachable."
             ) from exc
         pipeline.set_progress_bar_config(disable=True)

@@ -54,9 +54,19 @@ class TinyVideoPipeline(DiffusionPipeline):
         index["text_encoder"] = [WordEmbeddingTextEncoder.__module__, WordEmbeddingTextEncoder.__name__]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
-    def _check(self, name: str, value: int, allowed: int) -> None:
-        if value != allowed:
-            raise ValueError(f"{name} must be {allowed} for this model (it was trained at that size), got {value}")
+    def _sizes(self, num_frames: int | None, height: int | None, width: int | None) -> tuple[int, int, int]:
+        """Frames must match the temporal position table; height/width any multiple of the patch size (the spatial
+        position table is sin-cos and extends, but the model was trained at sample_size only)."""
+        cfg = self.transformer.config
+        frames, height, width = num_frames or cfg.video_length, height or cfg.sample_size, width or cfg.sample_size
+        if frames != cfg.video_length:
+            raise ValueError(f"num_frames must be {cfg.video_length} for this model (its temporal embedding has "
+                             f"{cfg.video_length} positions), got {frames}")
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % cfg.patch_size:
+                raise ValueError(f"{name} must be a positive multiple of the patch size {cfg.patch_size} (trained at "
+                                 f"{cfg.sample_size}), got {value}")
+        return frames, height, width
 
     @torch.no_grad()
     def __call__(
@@ -74,14 +84,12 @@ class TinyVideoPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> TinyVideoPipelineOutput | tuple:
         cfg = self.transformer.config
-        self._check("num_frames", num_frames or cfg.video_length, cfg.video_length)
-        self._check("height", height or cfg.sample_size, cfg.sample_size)
-        self._check("width", width or cfg.sample_size, cfg.sample_size)
+        frames, height, width = self._sizes(num_frames, height, width)
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        shape = (len(prompts), cfg.in_channels, cfg.video_length, cfg.sample_size, cfg.sample_size)
+        shape = (len(prompts), cfg.in_channels, frames, height, width)
         noise = torch.randn(shape, generator=generator, device=getattr(generator, "device", "cpu"))
         cond, uncond = self.text_encoder.encode(prompts), self.text_encoder.encode(negatives)
         self._num_timesteps = num_inference_steps
@@ -140,6 +148,16 @@ def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideo
             diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _trained_models() -> dict[str, Any]:
+    from pab.testing import EmbeddedModel  # the same entry type as the random-weight embedded models
+
+    return {MODEL_NAME: EmbeddedModel(load_tiny_shapes, num_frames=4, height=16, width=16, **DEFAULTS)}
+
+
+TRAINED_MODELS: dict[str, Any] = _trained_models()
+"""Embedded models with trained weights, served by name through `pab.pipelines.load_pipeline`."""
 
 
 def random_tiny_shapes(seed: int = 0, *, hidden: int = 32, layers: int = 2) -> TinyVideoPipeline:

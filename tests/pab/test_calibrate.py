@@ -36,9 +36,12 @@ def _u_profile() -> AttentionProfile:
 
 def test_stable_window_follows_the_curve():
     prof = _u_profile()
-    assert stable_window(prof, "spatial", 1.6) == (399.5, 600.5)  # 1.5, 1, 1.2 are <= 1.6 x min
-    assert stable_window(prof, "spatial", 3.0) == (299.5, 700.5)
-    assert stable_window(prof, "spatial", 100.0) == (99.5, 900.5)
+    assert stable_window(prof, "spatial", 0.016) == (399.5, 600.5)  # 0.015, 0.01, 0.012 are <= 0.016
+    assert stable_window(prof, "spatial", 0.03) == (299.5, 700.5)
+    assert stable_window(prof, "spatial", 1.0) == (99.5, 900.5)
+    assert stable_window(prof, "spatial", 0.0) == (499.5, 500.5)  # at least the minimum's own step
+    assert stable_window(prof, "temporal", 0.016) == (199.5, 800.5)  # the same threshold is looser for stabler kinds
+    assert stable_window(prof, "cross", 0.016) == (99.5, 900.5)
     assert stable_window(prof, "mlp", 2.0) is None
 
 
@@ -47,6 +50,8 @@ def test_candidates_are_pyramids_ordered_by_stability():
     assert len(cands) == 1
     c = cands[0]
     assert (c.spatial.range, c.temporal.range, c.cross.range) == (2, 4, 6)  # least stable gets the smallest range
+    assert c.spatial.window == (299.5, 700.5)  # threshold 3 x 0.01 (the spatial floor)
+    assert c.temporal.window == (99.5, 800.5) and c.cross.window == (99.5, 900.5)
     with pytest.raises(CalibrationError, match="no attention kind"):
         candidates(AttentionProfile([1.0], {}, 1))
 

@@ -43,9 +43,13 @@ def test_pipeline_matches_sampler_and_depends_on_seed():
     assert not torch.equal(out, other)
 
 
-def test_wrong_size_is_refused_with_the_trained_size():
-    with pytest.raises(ValueError, match="height must be 16"):
-        random_tiny_shapes(0)("a red disc moving up", height=32, num_inference_steps=1)
+def test_sizes_frames_fixed_height_width_multiples_of_the_patch():
+    pipe = random_tiny_shapes(0)
+    with pytest.raises(ValueError, match="num_frames must be 4"):
+        pipe("a red disc moving up", num_frames=8, num_inference_steps=1)
+    with pytest.raises(ValueError, match="height must be a positive multiple of the patch size 4"):
+        pipe("a red disc moving up", height=18, num_inference_steps=1)
+    assert pipe("a red disc moving up", height=32, width=8, num_inference_steps=1).frames.shape == (1, 4, 32, 8, 3)
 
 
 def test_video_generator_with_pab_counts_two_cfg_passes():
