@@ -211,13 +211,6 @@ class PABHandle:
     def stats(self) -> PABStats:
         return self._state.stats
 
-    def module_counts(self) -> dict[str, int]:
-        """How many modules of each kind carry a broadcast hook."""
-        counts: dict[str, int] = {}
-        for kind, _ in self.modules.values():
-            counts[kind] = counts.get(kind, 0) + 1
-        return counts
-
     def configure(self, config: PABConfig) -> None:
         """Swap the rules; takes effect from the next generation on (caches start empty)."""
         if not isinstance(config, PABConfig):
@@ -228,7 +221,6 @@ class PABHandle:
     def reset(self) -> None:
         """Start the next forward as a new generation (counters, caches and stats from zero)."""
         self._state.pending_reset = True
-        self._state.stats.preset = self._state.config.name
 
     def remove(self) -> None:
         if self._removed:
