@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny-latte")
     parser.add_argument("--pab", default="reference")
     parser.add_argument("--steps", type=int, default=300, help="denoising steps (300: ~5 s for the tiny Latte on CPU)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="nice value of Ray's worker processes (Ray's default is 15; this process runs at 0)")
@@ -100,11 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         direct, http, server = [], [], []
         with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=600) as client:
             _http(client, {**body, "steps": 2})  # warm-up: first handle call, first ffmpeg start
-            for _ in range(args.repeats):
-                direct.append(_direct(generator, params))
+            for i in range(args.repeats):
+                # ABBA order, so a drift in the machine's speed during the run weighs on both paths alike
+                if i % 2 == 0:
+                    direct.append(_direct(generator, params))
                 seconds, video = _http(client, body)
                 http.append(seconds)
                 server.append(video["timings"])
+                if i % 2 == 1:
+                    direct.append(_direct(generator, params))
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         f"app with 1 worker per replica (sp_degree=1), Ray workers at nice {args.worker_niceness} like this process "
         f"(Ray's default is 15), clients poll as the server's `openai-poll-after-ms` says (default bounds "
         f"{config.min_poll_after_ms}-{config.poll_after_ms} ms); "
-        f"{args.repeats} alternating runs each, medians.",
+        f"{args.repeats} runs each in ABBA order (direct, HTTP, HTTP, direct, ...), medians. A GET of a job that "
+        f"is about to finish waits for it (`hold_poll_ms`, default {config.hold_poll_ms} ms).",
         "",
         "| path | runs (s) | median (s) |",
         "|---|---|---|",

@@ -22,7 +22,7 @@ from ray import serve
 from ray.util import get_current_placement_group
 
 from pab.config import PABConfigError
-from pab.pipelines import GenerationParamsError
+from pab.params import GenerationParamsError
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequestError, invalid
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
@@ -41,12 +41,15 @@ class VideoGeneratorDeployment:
     """Placement-group options (bundles, `STRICT_PACK`) come from `serve_app.builder.generator_options`."""
 
     async def __init__(self, config: AppConfig) -> None:
+        began = time.perf_counter()
         self._config = config
         self._store = JobStore(config.storage.url)
         replica = serve.get_replica_context().replica_id.unique_id
         self._group = WorkerGroup(config, get_current_placement_group(), name_prefix=replica)
         self._card = await self._group.start()
         self._store.put_card(config.card_key(), self._card.model_dump_json())
+        self._startup = {**self._group.startup, "init_s": round(time.perf_counter() - began, 3)}
+        logger.info("pab generator replica %s ready: %s", replica, self._startup)
 
     def check_health(self) -> None:
         if self._group.broken is not None:
@@ -60,6 +63,7 @@ class VideoGeneratorDeployment:
             "bundles": pg.bundle_specs,
             "strategy": ray.util.placement_group_table(pg).get("strategy"),
             "workers": await self._group.placements(),
+            "startup": self._startup,
             "model": self._card.model_dump(mode="json"),
         }
 

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pab.config import PABConfigError
-from pab.pipelines import GenerationParamsError
+from pab.params import GenerationParamsError
 from pab.video import MIME_TYPES
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, invalid, not_found, server_error, unauthorized
@@ -359,7 +359,25 @@ class VideoIngress:
     async def retrieve_video(self, request: Request, video_id: str) -> JSONResponse:
         self._authorize(request)
         record = self._record(video_id)
-        return self._video_response(record, self._store.state(video_id))
+        state = self._store.state(video_id)
+        if await self._hold_until_finished(video_id, state):
+            state = self._store.state(video_id)
+        return self._video_response(record, state)
+
+    async def _hold_until_finished(self, video_id: str, state: JobState) -> bool:
+        """Wait (up to `hold_poll_ms`) for a job this replica runs that is about to finish; True if it finished.
+
+        A client that polls at the hint would otherwise learn of the end up to one poll interval late, which on a
+        short generation is a noticeable share of its latency. Only this replica knows when its dispatch returns,
+        so jobs dispatched by another ingress replica are answered at once.
+        """
+        task = self._dispatched.get(video_id)
+        hold_s = self._config.hold_poll_ms / 1000
+        remaining = state.remaining_s(time.time())
+        if task is None or hold_s <= 0 or remaining is None or remaining > hold_s:
+            return False
+        done, _ = await asyncio.wait({task}, timeout=hold_s)  # never cancels the job's task
+        return bool(done)
 
     @app.delete("/v1/videos/{video_id}")
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:

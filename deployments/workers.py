@@ -128,7 +128,7 @@ class GenerationWorker:
 
     def generate(self, request: GenerationRequest, progress: JobProgress | None) -> GenerationResponse | None:
         """Run one generation on this rank; rank 0 returns the encoded video, the other ranks None."""
-        from pab.pipelines import GenerationParams
+        from pab.params import GenerationParams
         from pab.video import encode_spritesheet, encode_thumbnail, encode_video
 
         on_step = _StepClock(progress) if self.rank == 0 else None
@@ -214,6 +214,7 @@ class WorkerGroup:
         self.placement_group = placement_group
         self.broken: str | None = None
         self.card: ModelCard | None = None
+        self.startup: dict[str, float] = {}
         bundle = config.worker_bundle()
         actor_cls = ray.remote(GenerationWorker)
         self.workers = [
@@ -231,10 +232,20 @@ class WorkerGroup:
         ]
 
     async def start(self) -> ModelCard:
-        host = await self.workers[0].node_address.remote()
+        """Form the group and load the pipeline on every rank; `startup` records how long each phase took."""
+        began = time.perf_counter()
+        host, *_ = await asyncio.gather(*(w.node_address.remote() for w in self.workers))  # every process is up
+        processes = time.perf_counter()
         port = await self.workers[0].open_store.remote(host)
         await asyncio.gather(*(w.join.remote(host, port) for w in self.workers))
+        joined = time.perf_counter()
         cards = await asyncio.gather(*(w.load.remote() for w in self.workers))
+        loaded = time.perf_counter()
+        self.startup = {
+            "worker_processes_s": round(processes - began, 3),
+            "process_group_s": round(joined - processes, 3),
+            "load_s": round(loaded - joined, 3),
+        }
         self.card = ModelCard.model_validate(cards[0])
         return self.card
 

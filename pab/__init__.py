@@ -1,27 +1,45 @@
-"""Pyramid Attention Broadcast for diffusers video transformers (torch + diffusers only; never imports ray)."""
+"""Pyramid Attention Broadcast for diffusers video transformers (torch + diffusers only; never imports ray).
 
-from .adapters import ADAPTERS, ModelAdapter, UnsupportedModelError, adapter_for, generic_adapter, get_adapter
-from .config import BroadcastRule, MLPBroadcastRule, PABConfig, PABConfigError
-from .hooks import PABApplyError, PABHandle, apply_pab
-from .presets import PRESET_NAMES, get_preset
-from .stats import PABStats, record_collective
+The names below load on first use, so that `import pab.config` or `pab.params` (request validation in serving
+processes) does not import torch and diffusers.
+"""
 
-__all__ = [
-    "ADAPTERS",
-    "BroadcastRule",
-    "MLPBroadcastRule",
-    "ModelAdapter",
-    "PABApplyError",
-    "PABConfig",
-    "PABConfigError",
-    "PABHandle",
-    "PABStats",
-    "PRESET_NAMES",
-    "UnsupportedModelError",
-    "adapter_for",
-    "apply_pab",
-    "generic_adapter",
-    "get_adapter",
-    "get_preset",
-    "record_collective",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ADAPTERS": "adapters",
+    "ModelAdapter": "adapters",
+    "UnsupportedModelError": "adapters",
+    "adapter_for": "adapters",
+    "generic_adapter": "adapters",
+    "get_adapter": "adapters",
+    "BroadcastRule": "config",
+    "MLPBroadcastRule": "config",
+    "PABConfig": "config",
+    "PABConfigError": "config",
+    "PABApplyError": "hooks",
+    "PABHandle": "hooks",
+    "apply_pab": "hooks",
+    "PRESET_NAMES": "presets",
+    "get_preset": "presets",
+    "PABStats": "stats",
+    "record_collective": "stats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

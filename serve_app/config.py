@@ -102,6 +102,9 @@ class AppConfig(BaseModel):
         poll_after_ms, min_poll_after_ms: Bounds of the `openai-poll-after-ms` hint on unfinished jobs. Within them
             the hint is half the job's estimated remaining time, so clients poll rarely early on and see the end
             soon after it happens.
+        hold_poll_ms: A GET of a job that this ingress replica is running and that should finish within this many
+            milliseconds waits (at most this long) for the job to finish before answering, so a polling client sees
+            `completed` the moment it happens instead of one poll interval later. 0 answers at once.
         collective_timeout_s: torch.distributed store and collective timeout of the worker group.
         collective_grace_s: After one rank fails, how long the others get to finish before the group counts as
             broken (they are usually stuck in a collective with the failed rank).
@@ -130,6 +133,7 @@ class AppConfig(BaseModel):
     health_check_period_s: float = Field(2.0, gt=0)
     poll_after_ms: int = Field(1000, ge=1)
     min_poll_after_ms: int = Field(25, ge=1)
+    hold_poll_ms: int = Field(1000, ge=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     collective_timeout_s: float = Field(120.0, gt=0)
     collective_grace_s: float = Field(2.0, ge=0)

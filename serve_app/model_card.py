@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from pab.config import PABConfig, PABConfigError
-from pab.pipelines import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
+from pab.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
 from pab.presets import get_preset
 
 from .config import LimitsConfig
@@ -40,7 +40,7 @@ class ModelCard(BaseModel):
         adapter: The PAB adapter name, or None for a model PAB cannot hook.
         defaults: Generation defaults (`num_frames`, `height`, `width`, `num_inference_steps`, `guidance_scale`,
             `fps`).
-        geometry: The pipeline attributes `pab.pipelines.validate_params` checks sizes against (VAE scale factors
+        geometry: The pipeline attributes `pab.params.validate_params` checks sizes against (VAE scale factors
             and the transformer config).
     """
 

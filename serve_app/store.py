@@ -63,14 +63,25 @@ class JobState(BaseModel):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def poll_after_ms(self, now: float, lo_ms: int, hi_ms: int) -> int:
-        """How long a client should wait before polling again: half the estimated remaining time (from the progress
-        rate so far), within [lo_ms, hi_ms]; `hi_ms` while nothing is known yet."""
+    def remaining_s(self, now: float) -> float | None:
+        """Estimated seconds until the job's last denoising step, from its progress rate; None while unknown.
+
+        The rate is measured up to the progress write (`updated_at`), not up to `now`, so a progress value that is
+        a write interval old does not make the job look slower than it is.
+        """
         if self.status != "in_progress" or self.started_at is None or self.progress <= 0:
+            return None
+        measured_at = self.updated_at if self.updated_at > self.started_at else now
+        per_percent = max(measured_at - self.started_at, 0.0) / self.progress
+        return max(per_percent * (100 - self.progress) - max(now - measured_at, 0.0), 0.0)
+
+    def poll_after_ms(self, now: float, lo_ms: int, hi_ms: int) -> int:
+        """How long a client should wait before polling again: half the estimated remaining time, within
+        [lo_ms, hi_ms]; `hi_ms` while nothing is known yet."""
+        remaining = self.remaining_s(now)
+        if remaining is None:
             return hi_ms
-        elapsed = max(now - self.started_at, 0.0)
-        remaining_ms = 1000 * elapsed * (100 - self.progress) / self.progress
-        return int(min(max(remaining_ms / 2, lo_ms), hi_ms))
+        return int(min(max(1000 * remaining / 2, lo_ms), hi_ms))
 
 
 class JobStore:

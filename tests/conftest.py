@@ -179,6 +179,7 @@ def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         limits={"max_frames": 16, "max_pixels": 64 * 64, "max_steps": 400, "max_work": 8 * 32 * 32 * 400},
         poll_after_ms=100,
         min_poll_after_ms=20,
+        hold_poll_ms=300,  # the last 0.3 s of a job answer on completion; before that, every step's progress shows
         storage={"url": store_dir, "progress_interval_s": 0.0},
     )
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")

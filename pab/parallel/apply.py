@@ -59,7 +59,7 @@ class ParallelHandle:
 
     def validate_request(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
         """Request-time check of an output size (pixels) against the split; same rules as each forward applies."""
-        from ..pipelines import _spatial_scale, _temporal_scale  # the pipeline's VAE factors, read one way everywhere
+        from ..params import _spatial_scale, _temporal_scale  # the pipeline's VAE factors, read one way everywhere
 
         frames = (num_frames - 1) // _temporal_scale(pipeline) + 1
         scale = _spatial_scale(pipeline)

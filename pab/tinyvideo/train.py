@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--high-t-fraction", type=float, default=0.0,
+                   help="fraction of each batch whose timestep is drawn from [--high-t-min, 1000) instead of [0, 1000): "
+                        "the layout (where the shape is in each frame, so its direction) is decided at high noise")
+    p.add_argument("--high-t-min", type=int, default=500)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
@@ -57,6 +61,15 @@ def evaluate(transformer, text_encoder, seed: int = 1234, steps: int = 20, guida
                        num_steps=steps, guidance=guidance)
         report[name] = accuracy([objective_check(to_uint8_frames(c), w) for c, w in zip(clips, combos)])
     return report
+
+
+def sample_timesteps(batch: int, num_train_timesteps: int, high_fraction: float = 0.0, high_min: int = 500) -> torch.Tensor:
+    """Uniform timesteps, except that a `high_fraction` of the batch is drawn from [high_min, num_train_timesteps)."""
+    t = torch.randint(0, num_train_timesteps, (batch,))
+    n_high = int(round(batch * high_fraction))
+    if n_high:
+        t[:n_high] = torch.randint(high_min, num_train_timesteps, (n_high,))
+    return t
 
 
 def _state(step, model, enc, ema_model, ema_enc, opt, data_gen, args, extra) -> dict:
@@ -121,7 +134,7 @@ def train(args: argparse.Namespace) -> None:
         drop = torch.rand(args.batch) < args.caption_dropout
         caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
         noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (args.batch,))
+        t = sample_timesteps(args.batch, sched.config.num_train_timesteps, args.high_t_fraction, args.high_t_min)
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
         pred = model(xt, timestep=t, encoder_hidden_states=enc.encode(caps)).sample

@@ -94,3 +94,12 @@ def test_poll_hint_is_half_the_estimated_remaining_time_within_bounds():
     assert running.poll_after_ms(101.0, 50, 1000) == 1000
     assert JobState(status="in_progress", started_at=100.0, progress=99).poll_after_ms(104.0, 50, 1000) == 50
     assert JobState(status="in_progress", started_at=100.0, progress=0).poll_after_ms(104.0, 50, 1000) == 1000
+
+
+def test_remaining_time_is_measured_up_to_the_progress_write_not_up_to_the_poll():
+    # 25% written at t=101 (1 s for 25%): 3 s left then; polled half a second later, 2.5 s are left, not 4.5 s
+    state = JobState(status="in_progress", started_at=100.0, progress=25, updated_at=101.0)
+    assert state.remaining_s(101.5) == 2.5
+    assert state.poll_after_ms(101.5, 50, 10_000) == 1250
+    assert state.remaining_s(110.0) == 0.0  # overdue: no negative estimate
+    assert JobState(status="queued").remaining_s(101.0) is None

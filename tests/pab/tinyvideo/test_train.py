@@ -36,3 +36,15 @@ def test_export_loads_with_from_pretrained(tmp_path, monkeypatch):
     for k, v in pipe.transformer.state_dict().items():
         torch.testing.assert_close(v, state[k])  # the EMA weights, not the raw ones
     assert pipe.transformer.config.num_layers == 1 and pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_high_timestep_fraction_draws_that_share_of_the_batch_from_the_high_range():
+    from pab.tinyvideo.train import sample_timesteps
+
+    torch.manual_seed(0)
+    t = sample_timesteps(16, 1000, high_fraction=0.5, high_min=700)
+    assert t.shape == (16,) and bool((t[:8] >= 700).all()) and bool((t >= 0).all() and (t < 1000).all())
+    torch.manual_seed(0)
+    uniform = sample_timesteps(16, 1000)
+    torch.manual_seed(0)
+    assert torch.equal(uniform, torch.randint(0, 1000, (16,)))  # fraction 0: the original recipe, draw for draw

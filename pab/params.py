@@ -1,0 +1,144 @@
+"""What a generation request may ask for, checked without torch: the parameters, their bounds, and the sizes a
+pipeline can produce exactly.
+
+It lives apart from `pab.pipelines` (which re-exports all of it) so that processes that only validate requests, such
+as the serving ingress and the generator replicas, do not pay for importing torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+MAX_SEED = 2**63 - 1
+
+
+class GenerationParamsError(ValueError):
+    """A request parameter is invalid; `field` names it so the HTTP layer can report `param`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise GenerationParamsError(name, f"must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    r"""
+    One text-to-video request. `None` fields take the model's default (see `VideoGenerator.resolve`).
+
+    Args:
+        prompt (`str`): What to generate.
+        negative_prompt (`str`): What to steer away from (used when guidance_scale > 1).
+        num_frames, height, width (`int`): Output size; `validate_params` checks the model can produce it exactly.
+        num_inference_steps (`int`): Denoising steps.
+        guidance_scale (`float`): Classifier-free guidance; <= 1 turns CFG off.
+        seed (`int`): Same seed, same frames. `None` draws one; the result's params record it.
+        fps (`int`): Frame rate for encoding; does not change the frames.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    fps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > 10_000:
+                raise GenerationParamsError(name, f"must be a string of at most 10000 characters, got {value!r:.80}")
+        if not self.prompt.strip():
+            raise GenerationParamsError("prompt", "must not be empty")
+        limits = {"num_frames": (1, 1024), "height": (1, 8192), "width": (1, 8192),
+                  "num_inference_steps": (1, 1000), "seed": (0, MAX_SEED), "fps": (1, 120)}
+        for name, (lo, hi) in limits.items():
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), lo, hi)
+        g = self.guidance_scale
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not (math.isfinite(g) and 0 <= g <= 100)):
+            raise GenerationParamsError("guidance_scale", f"must be a number in [0, 100], got {g!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerationParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GenerationParamsError(unknown[0], f"unknown parameter; allowed: {sorted(known)}")
+        if "prompt" not in data:
+            raise GenerationParamsError("prompt", "is required")
+        return cls(**data)
+
+
+def _spatial_scale(pipeline: DiffusionPipeline) -> int:
+    return int(getattr(pipeline, "vae_scale_factor_spatial", None) or getattr(pipeline, "vae_scale_factor", 1))
+
+
+def _temporal_scale(pipeline: DiffusionPipeline) -> int:
+    return int(getattr(pipeline, "vae_scale_factor_temporal", None) or 1)
+
+
+def _patch_sizes(transformer: torch.nn.Module) -> tuple[int, int, int]:
+    """(temporal, height, width) patch sizes of the transformer's patch embedding."""
+    config = transformer.config
+    patch = config.get("patch_size", 1) or 1
+    if isinstance(patch, (tuple, list)):
+        return tuple(int(p) for p in patch)  # Wan: (t, h, w)
+    return int(config.get("patch_size_t") or 1), int(patch), int(patch)
+
+
+def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> None:
+    """
+    Reject sizes the pipeline would silently change: height/width must be multiples of VAE scale x patch size,
+    the frame count must survive temporal compression exactly, and Latte takes only its trained `video_length`.
+    """
+    transformer = pipeline.transformer
+    config = transformer.config
+    patch_t, patch_h, patch_w = _patch_sizes(transformer)
+    scale = _spatial_scale(pipeline)
+    for name, patch in (("height", patch_h), ("width", patch_w)):
+        value, multiple = getattr(params, name), scale * patch
+        if value is None or value % multiple:
+            near = max(multiple, round((value or 0) / multiple) * multiple)
+            raise GenerationParamsError(
+                name, f"must be a multiple of {multiple} for this model (VAE x{scale} x patch {patch}), got {value}; try {near}"
+            )
+    frames = params.num_frames
+    if frames is None:
+        raise GenerationParamsError("num_frames", "is required")
+    video_length = config.get("video_length")
+    if video_length is not None and frames not in (video_length, 1):
+        raise GenerationParamsError(
+            "num_frames", f"must be {video_length} for this model (its temporal embedding is trained for {video_length} frames), got {frames}"
+        )
+    tscale = _temporal_scale(pipeline)
+    if (frames - 1) % tscale:
+        near = max(1, round((frames - 1) / tscale) * tscale + 1)
+        raise GenerationParamsError(
+            "num_frames", f"must be {tscale}k+1 for this model (VAE compresses time {tscale}x), got {frames}; try {near}"
+        )
+    latent_frames = (frames - 1) // tscale + 1
+    if latent_frames % patch_t:
+        raise GenerationParamsError(
+            "num_frames", f"must give a latent frame count divisible by the temporal patch {patch_t}, got {frames} ({latent_frames} latent)"
+        )
+    rope_max = config.get("rope_max_seq_len")
+    if rope_max:
+        for name, length in (("num_frames", latent_frames // patch_t), ("height", params.height // scale // patch_h),
+                             ("width", params.width // scale // patch_w)):
+            if length > rope_max:
+                raise GenerationParamsError(name, f"is too large: {length} positions after patching, the model's rotary table holds {rope_max}")
