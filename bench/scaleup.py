@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=6)
     parser.add_argument("--steps", type=int, default=30, help="denoising steps per job (job length)")
     parser.add_argument("--timeout-s", type=float, default=300.0)
+    parser.add_argument("--cpu-generation-niceness", type=int, default=None,
+                        help="AppConfig.cpu_generation_niceness (default: the app's default)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
     os.environ.update(ENV)
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             autoscaling_config=autoscaling,
             queue={"max_jobs": 200},
             storage={"url": tempfile.mkdtemp(prefix="pab-scaleup-")},
+            **({} if args.cpu_generation_niceness is None else {"cpu_generation_niceness": args.cpu_generation_niceness}),
         )
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.25)
         result = {
             "autoscaling_config": autoscaling,
+            "cpu_generation_niceness": config.cpu_generation_niceness,
             "second_replica_startup": _second_replica_startup(APP_NAME),
             "job_seconds": round(one_job, 2),
             **{k: round(v, 1) for k, v in marks.items()},

@@ -14,6 +14,7 @@ Two entry points, both plain handle calls (so Serve counts them as ongoing or qu
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -64,6 +65,7 @@ class VideoGeneratorDeployment:
             "strategy": ray.util.placement_group_table(pg).get("strategy"),
             "workers": await self._group.placements(),
             "startup": self._startup,
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0),
             "model": self._card.model_dump(mode="json"),
         }
 

@@ -63,6 +63,19 @@ def _interface_for(address: str) -> str | None:
     return None
 
 
+def _lower_priority(increment: int) -> None:
+    """Raise the niceness of every thread of this process (Linux keeps one per thread; raising needs no rights)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: one value for the process
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
 class GenerationWorker:
     """One rank. Plain class: `WorkerGroup` wraps it with `ray.remote` and pins it to its bundle."""
 
@@ -80,6 +93,7 @@ class GenerationWorker:
     def placement(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0),
             "rank": self.rank,
             "assigned_resources": ctx.get_assigned_resources(),
             "actor_id": ctx.get_actor_id(),
@@ -124,6 +138,8 @@ class GenerationWorker:
             sp_degree=cfg.sp_degree, cfg_degree=cfg.cfg_degree, timeout_s=cfg.collective_timeout_s
         )
         self._generator = VideoGenerator(pipeline, pab=cfg.pab_preset, defaults=cfg.defaults, parallel=parallel)
+        if device == "cpu" and cfg.cpu_generation_niceness:
+            _lower_priority(cfg.cpu_generation_niceness)
         return ModelCard.from_generator(cfg.model_name, self._generator).model_dump(mode="json")
 
     def generate(self, request: GenerationRequest, progress: JobProgress | None) -> GenerationResponse | None:

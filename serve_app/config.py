@@ -88,6 +88,10 @@ class AppConfig(BaseModel):
         sp_degree, cfg_degree: Sequence- and CFG-parallel degrees; a replica runs `sp_degree * cfg_degree` workers.
         cpus_per_worker, gpus_per_worker: The size of each worker's placement-group bundle.
         torch_threads: Intra-op threads per worker (1 keeps two CPU workers from fighting over two cores).
+        cpu_generation_niceness: On CPU devices, how much lower (Unix nice increment) a worker runs once its model is
+            loaded, so that cores shared by serving replicas and a replica that is starting (a scale-up) go mostly to
+            the start, which is what lets the queue drain. GPU workers keep Ray's priority: their CPU thread feeds
+            the device. 0 turns it off.
         dtype: Weights and activations dtype on the workers.
         pab_preset: The PAB preset used when a request names none (see `pab.presets.PRESET_NAMES`).
         defaults: Generation defaults overriding the model's own (`num_frames`, `height`, `width`,
@@ -124,6 +128,7 @@ class AppConfig(BaseModel):
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
     torch_threads: int = Field(1, ge=1)
+    cpu_generation_niceness: int = Field(4, ge=0, le=19)
     pab_preset: str = "reference"
     defaults: dict[str, Any] = Field(default_factory=dict)
 

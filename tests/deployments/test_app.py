@@ -51,6 +51,8 @@ def test_replica_placement_group_holds_both_workers(pab_app):
         # Each worker holds a whole 0.5-CPU bundle, so two of them in this group fill one bundle each.
         assert w["assigned_resources"] == {"CPU": 0.5}
     assert len({w["node_id"] for w in workers}) == 1
+    # Loaded CPU workers generate below the priority of their replica (and of any replica that is starting)
+    assert {w["niceness"] for w in workers} == {min(19, info["niceness"] + pab_app.config.cpu_generation_niceness)}
     startup = info["startup"]  # each start phase was timed, and the phases add up to no more than the whole start
     assert set(startup) == {"worker_processes_s", "process_group_s", "load_s", "init_s"}
     assert sum(v for k, v in startup.items() if k != "init_s") <= startup["init_s"]
