@@ -1,5 +1,5 @@
 """PAB quality on the trained tiny shapes model: profile, calibrate, then evaluate every preset; writes
-bench/results/quality_<model>[_tag].md (a section for bench/BENCHMARKS_quality.md) and its JSON/PNG.
+bench/results/quality_<model>[_tag].md (a section for QUALITY.md) and its JSON/PNG.
 
     python bench/quality.py                    # tiny-shapes, held-out prompts x 4 seeds, guidance 3 (minutes on CPU)
     python bench/quality.py --guidance-scale 1.5 --seeds 0 1 --tag g1.5
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines) + "\n"
     (out / f"{stem}.md").write_text(section)
     sys.stdout.write(section)
-    print(f"wrote {out / (stem + '.md')}; bench/BENCHMARKS_quality.md quotes it beside the paper's table:\n{PAPER}")
+    print(f"wrote {out / (stem + '.md')}; QUALITY.md quotes it beside the paper's table:\n{PAPER}")
     return 0 if all(math.isfinite(r.psnr) for r in rows[1:]) else 1
 
 

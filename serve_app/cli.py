@@ -168,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _register_generate(subparsers: Any) -> None:
     p = subparsers.add_parser("generate", help="generate one video locally (no Ray, no server)")
     _add_generation_options(p)
-    p.add_argument("--model", default=None, help="embedded model name or diffusers path (default: tiny-latte)")
+    p.add_argument("--model", default=None, help="embedded model name or diffusers path (default: tiny-shapes, the trained embedded model)")
     p.add_argument("--config", default=None, help="take model, PAB preset and defaults from this config YAML")
     p.set_defaults(func=_generate)
 

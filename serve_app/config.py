@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from .errors import limit_exceeded
 from .schemas import GenerationRequest
 
-DEFAULT_MODEL = "tiny-latte"
+DEFAULT_MODEL = "tiny-shapes"
 DEFAULT_STORE_URL = os.path.join(os.path.expanduser("~"), ".cache", "pab-serve", "store")
 
 
@@ -82,7 +82,8 @@ class AppConfig(BaseModel):
     Everything `serve_app.builder:build_app` needs.
 
     Args:
-        model: An embedded tiny model name (`tiny-latte`, `tiny-cogvideox`, `tiny-wan`) or a diffusers model id/path.
+        model: An embedded model name (`tiny-shapes`, trained by the project; the random-weight `tiny-latte`,
+            `tiny-cogvideox`, `tiny-wan`) or a diffusers model id/path.
         served_model_name: The name clients pass as `model` (defaults to `model`).
         device: `cpu` places one CPU bundle per worker; `cuda` one GPU bundle per worker.
         sp_degree, cfg_degree: Sequence- and CFG-parallel degrees; a replica runs `sp_degree * cfg_degree` workers.

@@ -122,6 +122,23 @@ def reference_statistics(pipe: TinyVideoPipeline) -> dict[str, Any]:
     return {**r, **video_statistics(frames), "colour": check.colour, "direction": check.direction, "shape": check.shape}
 
 
+def write_sample_sheet(pipe: TinyVideoPipeline, path: str | Path, seed: int = 0, scale: int = 4) -> None:
+    """A PNG of the held-out captions (rows, in `HELD_OUT` order), frames left to right, `scale`x nearest-upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    from pab.tinyvideo.data import HELD_OUT, caption
+
+    rows = []
+    for combo in HELD_OUT:
+        frames = pipe(caption(*combo), generator=torch.Generator().manual_seed(seed)).frames[0]  # [F, H, W, 3] in [0, 1]
+        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        gap = np.full((frames.shape[1], 2, 3), 64, dtype=np.uint8)
+        rows.append(np.concatenate([part for f in frames for part in (np.asarray(f), gap)][:-1], axis=1))
+    sheet = np.concatenate([part for r in rows for part in (r, np.full((2, r.shape[1], 3), 64, np.uint8))][:-1])
+    Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST).save(path)
+
+
 def is_tiny_video_folder(path: str | Path) -> bool:
     """A folder written by `TinyVideoPipeline.save_pretrained` (diffusers' generic loader cannot resolve the class)."""
     index = Path(path) / "model_index.json"

@@ -22,7 +22,7 @@ import torch
 from pab.quality import accuracy, objective_check
 from pab.tinyvideo.data import HELD_OUT, caption, make_batch, train_combinations
 from pab.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler, train_scheduler
-from pab.tinyvideo.pipeline import TinyVideoPipeline, reference_statistics
+from pab.tinyvideo.pipeline import TinyVideoPipeline, reference_statistics, write_sample_sheet
 from pab.tinyvideo.sampling import sample, to_uint8_frames
 
 
@@ -98,6 +98,7 @@ def export(checkpoint: Path, out: Path) -> None:
     pipe = TinyVideoPipeline(model, enc, sample_scheduler())
     pipe.save_pretrained(out)
     (out / "reference_stats.json").write_text(json.dumps(reference_statistics(pipe), indent=1) + "\n")
+    write_sample_sheet(pipe, out / "samples_held_out.png")
     meta = {k: state.get(k) for k in ("step", "eval")} | {"args": a}
     (out / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"exported step {state['step']} from {checkpoint} to {out}")

@@ -18,7 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "serve_app" / "configs"
 
 def test_default_serves_tiny_model_on_two_cpu_workers():
     config = AppConfig()
-    assert (config.model, config.device, config.world_size) == ("tiny-latte", "cpu", 2)
+    assert (config.model, config.device, config.world_size) == ("tiny-shapes", "cpu", 2)  # the trained model
     assert config.placement_group_bundles() == [{"CPU": 0.5}, {"CPU": 0.5}]
     assert config.resolved_api_key() is None
 
@@ -99,6 +99,6 @@ def test_errors_survive_pickling_as_ray_ships_them():
 
 def test_card_key_changes_with_the_config_but_not_the_secret():
     base = AppConfig()
-    assert base.card_key().startswith("tiny-latte@") and base.card_key() == AppConfig().card_key()
+    assert base.card_key().startswith("tiny-shapes@") and base.card_key() == AppConfig().card_key()
     assert AppConfig(defaults={"num_inference_steps": 4}).card_key() != base.card_key()
     assert AppConfig(api_key="secret").card_key() == base.card_key()

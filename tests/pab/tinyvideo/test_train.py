@@ -36,6 +36,10 @@ def test_export_loads_with_from_pretrained(tmp_path, monkeypatch):
     for k, v in pipe.transformer.state_dict().items():
         torch.testing.assert_close(v, state[k])  # the EMA weights, not the raw ones
     assert pipe.transformer.config.num_layers == 1 and pipe.scheduler.config.prediction_type == "v_prediction"
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "w" / "samples_held_out.png")  # 8 held-out captions x 4 frames of 16x16, 4x, 2 px gaps
+    assert sheet.size == (4 * (4 * 16 + 3 * 2), 4 * (8 * 16 + 7 * 2))
 
 
 def test_high_timestep_fraction_draws_that_share_of_the_batch_from_the_high_range():
