@@ -101,11 +101,36 @@ def _patch_sizes(transformer: torch.nn.Module) -> tuple[int, int, int]:
     return int(config.get("patch_size_t") or 1), int(patch), int(patch)
 
 
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as a closed-vocabulary text encoder reads them (lower case, commas and stops dropped)."""
+    return text.lower().replace(",", " ").replace(".", " ").split()
+
+
+def _check_vocabulary(pipeline: DiffusionPipeline, params: GenerationParams) -> None:
+    """A model with a closed vocabulary (`pipeline.prompt_vocabulary`) would read other words as unknown and draw
+    something arbitrary: say which words it knows instead."""
+    vocab = getattr(pipeline, "prompt_vocabulary", None)
+    if not vocab:
+        return
+    known, max_words = set(vocab["words"]), vocab["max_words"]
+    for name in ("prompt", "negative_prompt"):
+        words = prompt_words(getattr(params, name))
+        unknown = [w for w in words if w not in known]
+        if unknown or len(words) > max_words:
+            problem = f"unknown words {unknown}" if unknown else f"{len(words)} words"
+            raise GenerationParamsError(
+                name, f"this model has a closed vocabulary of {len(known)} words and reads at most {max_words} per "
+                f"prompt, e.g. {vocab['example']!r}; got {problem}. It knows: {' '.join(vocab['words'])}"
+            )
+
+
 def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> None:
     """
     Reject sizes the pipeline would silently change: height/width must be multiples of VAE scale x patch size,
-    the frame count must survive temporal compression exactly, and Latte takes only its trained `video_length`.
+    the frame count must survive temporal compression exactly, and Latte takes only its trained `video_length`;
+    and, for a model with a closed vocabulary, prompts it cannot read.
     """
+    _check_vocabulary(pipeline, params)
     transformer = pipeline.transformer
     config = transformer.config
     patch_t, patch_h, patch_w = _patch_sizes(transformer)

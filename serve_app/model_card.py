@@ -22,7 +22,7 @@ from pab.presets import get_preset
 from .config import LimitsConfig
 from .schemas import GenerationRequest
 
-_GEOMETRY_ATTRS = ("vae_scale_factor_spatial", "vae_scale_factor", "vae_scale_factor_temporal")
+_GEOMETRY_ATTRS = ("vae_scale_factor_spatial", "vae_scale_factor", "vae_scale_factor_temporal", "prompt_vocabulary")
 
 
 def _jsonable(value: Any) -> bool:
@@ -40,8 +40,8 @@ class ModelCard(BaseModel):
         adapter: The PAB adapter name, or None for a model PAB cannot hook.
         defaults: Generation defaults (`num_frames`, `height`, `width`, `num_inference_steps`, `guidance_scale`,
             `fps`).
-        geometry: The pipeline attributes `pab.params.validate_params` checks sizes against (VAE scale factors
-            and the transformer config).
+        geometry: The pipeline attributes `pab.params.validate_params` checks requests against (VAE scale factors,
+            the transformer config, and a closed-vocabulary model's words).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pab.params import prompt_words
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),
     "green": (0.0, 1.0, 0.0),
@@ -61,7 +63,7 @@ def caption(colour: str, shape: str, direction: str) -> str:
 
 def parse_caption(text: str) -> tuple[str, str, str]:
     """Return (colour, shape, direction) named in a caption; raises ValueError naming what is missing."""
-    words = text.lower().split()
+    words = prompt_words(text)
     found = []
     for kind, names in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
         hits = [w for w in words if w in names]

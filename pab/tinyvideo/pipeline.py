@@ -46,6 +46,17 @@ class TinyVideoPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    @property
+    def prompt_vocabulary(self) -> dict[str, Any]:
+        """The words the text encoder knows; `pab.params.validate_params` refuses prompts with others."""
+        from pab.tinyvideo.text_encoder import PAD, UNK
+
+        return {
+            "words": [w for w in self.text_encoder.index if w not in (PAD, UNK)],
+            "max_words": self.text_encoder.config.max_length,
+            "example": "a red square moving left",
+        }
+
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Save as diffusers does, then name the text encoder's module so `from_pretrained` finds it offline."""
         super().save_pretrained(save_directory, **kwargs)

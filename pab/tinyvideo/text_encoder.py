@@ -12,6 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from pab.params import prompt_words
 from pab.tinyvideo.data import COLOURS, DIRECTIONS, SHAPES
 
 PAD, UNK = "<pad>", "<unk>"
@@ -36,12 +37,12 @@ class WordEmbeddingTextEncoder(ModelMixin, ConfigMixin):
         n = self.config.max_length
         ids = torch.zeros(len(captions), n, dtype=torch.long)
         for row, text in enumerate(captions):
-            words = text.lower().replace(",", " ").replace(".", " ").split()[:n]
+            words = prompt_words(text)[:n]
             ids[row, : len(words)] = torch.tensor([self.index.get(w, 1) for w in words], dtype=torch.long)
         return ids
 
     def unknown_words(self, text: str) -> list[str]:
-        return [w for w in text.lower().replace(",", " ").replace(".", " ").split() if w not in self.index]
+        return [w for w in prompt_words(text) if w not in self.index]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.word(input_ids.to(self.word.weight.device)) + self.position

@@ -81,3 +81,23 @@ def test_seconds_to_frames_respects_temporal_compression(loaded):
     else:
         assert (frames - 1) % card.temporal_compression == 0 and abs(frames - fps) <= card.temporal_compression
     assert seconds_label(8, 8) == "1" and seconds_label(9, 8) == "1.125"
+
+
+def test_closed_vocabulary_is_checked_the_same_by_the_card_and_the_pipeline():
+    from pab.tinyvideo.pipeline import random_tiny_shapes
+
+    generator = VideoGenerator(random_tiny_shapes(0))
+    card = ModelCard.model_validate_json(ModelCard.from_generator("tiny-shapes", generator).model_dump_json())
+    for prompt, negative, expected in [
+        ("a red square moving left", "", "ok"),
+        ("A red square, moving left.", "", "ok"),  # case, commas and stops are read the same
+        ("a cat runs in the park", "", "prompt"),
+        ("a red square moving left", "blurry", "negative_prompt"),
+        ("a red square moving left moving left", "", "prompt"),  # 7 words: the encoder reads 6
+    ]:
+        params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=0)
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=0)
+        assert _verdict(lambda: generator.resolve(params)) == expected, prompt
+        assert _verdict(lambda: card.resolve(request, "reference", LIMITS)) == expected, prompt
+    with pytest.raises(GenerationParamsError, match=r"unknown words \['cat', 'runs', 'in', 'the', 'park'\].*It knows: "):
+        card.resolve(GenerationRequest(prompt="a cat runs in the park"), "reference", LIMITS)
