@@ -53,6 +53,7 @@ DEPLOYMENT_NAME = "VideoIngress"
 DISPATCH_RETRIES = 20
 """How often a job is dispatched again when its generator replica was lost before the job started on it."""
 QUEUE_DEPTH_PERIOD_S = 5.0
+CARD_REFRESH_S = 5.0
 
 # Internal field names (pab.pipelines) -> the request field the client sent.
 _PARAM_NAMES = {"num_frames": "frames", "height": "size", "width": "size", "num_inference_steps": "steps"}
@@ -123,6 +124,8 @@ class VideoIngress:
         self._store = JobStore(config.storage.url)
         self._api_key = config.resolved_api_key()
         self._card: ModelCard | None = None
+        self._card_read_at = 0.0
+        self._started_at = int(time.time())  # whole seconds, like ModelCard.created
         self._dispatched: dict[str, asyncio.Task[None]] = {}
         self._admitting = 0  # jobs past the queue check whose record is still being written
         self._responses: dict[str, DeploymentResponse] = {}
@@ -139,16 +142,24 @@ class VideoIngress:
             raise unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' (openai: api_key=...)")
 
     def _model_card(self) -> ModelCard:
-        if self._card is None:
+        """The served model's card, as its generator replicas last published it.
+
+        A card older than this ingress replica may come from an earlier deployment with other code or weights (the
+        store outlives deployments), so it is used but read again on the next request until a newer one appears;
+        a current card is re-read every `CARD_REFRESH_S`, so a replaced generator's card is seen soon too.
+        """
+        now = time.time()
+        if self._card is None or self._card.created < self._started_at or now - self._card_read_at > CARD_REFRESH_S:
             raw = self._store.card(self._config.card_key())
-            if raw is None:
-                raise APIError(
-                    503,
-                    f"model {self._config.model_name!r} is still loading; retry in a few seconds",
-                    type="server_error",
-                    code="model_loading",
-                )
-            self._card = ModelCard.model_validate_json(raw)
+            if raw is not None:
+                self._card, self._card_read_at = ModelCard.model_validate_json(raw), now
+        if self._card is None:
+            raise APIError(
+                503,
+                f"model {self._config.model_name!r} is still loading; retry in a few seconds",
+                type="server_error",
+                code="model_loading",
+            )
         return self._card
 
     def _video(self, record: JobRecord, state: JobState | None = None) -> Video:
