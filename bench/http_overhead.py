@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         f"**(direct + added) / direct = {added_ratio:.3f}** "
         f"(target <= 1.05: {'met' if added_ratio <= 1.05 else 'NOT met'}).",
         "",
-        "The machine is shared (2 cores, other work running): the denoising itself swings by 10-20 % from run to "
-        "run, more than the overhead being measured, so the ratio of the medians moves between runs; the second "
+        "On a 2-core machine the denoising itself swings by 10-20 % from run to run (more when other work runs), "
+        "more than the overhead being measured, so the ratio of the medians moves between runs; the second "
         "figure subtracts each job's own pipeline time and is the steadier estimate. Server-side time outside the "
         "pipeline call (queue wait + mp4/thumbnail/spritesheet encoding + store writes), median: "
         f"{statistics.median(_outside(t) for t in server):.3f} s.",

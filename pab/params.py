@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: importing them is what this module exists to avoid
+    import torch
+    from diffusers import DiffusionPipeline
 
 MAX_SEED = 2**63 - 1
 

@@ -49,12 +49,13 @@ class TinyVideoPipeline(DiffusionPipeline):
     @property
     def prompt_vocabulary(self) -> dict[str, Any]:
         """The words the text encoder knows; `pab.params.validate_params` refuses prompts with others."""
+        from pab.tinyvideo.data import caption
         from pab.tinyvideo.text_encoder import PAD, UNK
 
         return {
             "words": [w for w in self.text_encoder.index if w not in (PAD, UNK)],
             "max_words": self.text_encoder.config.max_length,
-            "example": "a red square moving left",
+            "example": caption("red", "square", "left"),
         }
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
