@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pab import testing  # noqa: E402
+from pab.runtime.models import tiny as testing  # noqa: E402
 from pab.parallel import ParallelConfig  # noqa: E402
 from pab.parallel.launch import run_ranks  # noqa: E402
 from pab.parallel.schedule import forward_comm, predict_stats  # noqa: E402
@@ -52,7 +52,7 @@ def latte_shaped(layers: int) -> Any:
 
 
 def rank_main(rank: int, sp: int, steps: int, layers: int) -> dict[str, Any]:
-    from pab.pipelines import GenerationParams, VideoGenerator
+    from pab.runtime.pipelines import GenerationParams, VideoGenerator
 
     out = {}
     for label, strategy, pab in RUNS:

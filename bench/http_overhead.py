@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from ray import serve
 
-    from pab.pipelines import GenerationParams, VideoGenerator, load_pipeline
+    from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline
     from serve_app.builder import APP_NAME, build_app
     from serve_app.config import AppConfig
 

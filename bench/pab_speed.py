@@ -26,7 +26,7 @@ from diffusers import DDIMScheduler, LatteTransformer3DModel
 from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
 from pab import adapter_for, apply_pab, get_preset
-from pab.testing import tiny_latte_transformer
+from pab.runtime.models.tiny import tiny_latte_transformer
 
 
 def build(args: argparse.Namespace) -> LatteTransformer3DModel:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from pab.calibrate import calibrate
-from pab.cli_tools import default_prompts, load_model
-from pab.pipelines import GenerationParams, VideoGenerator
-from pab.profiler import plot_profile, profile_generations
-from pab.quality import LPIPS_NOTE, evaluate_presets, rows_to_markdown
+from pab.runtime.tools.calibrate import calibrate
+from pab.runtime.tools.cli import default_prompts, load_model
+from pab.runtime.pipelines import GenerationParams, VideoGenerator
+from pab.runtime.tools.profiler import plot_profile, profile_generations
+from pab.runtime.tools.quality import LPIPS_NOTE, evaluate_presets, rows_to_markdown
 
 HERE = Path(__file__).parent
 PAPER = """| method (Open-Sora, paper) | PSNR | SSIM | LPIPS | speedup |

@@ -23,7 +23,7 @@ from ray import serve
 from ray.util import get_current_placement_group
 
 from pab.config import PABConfigError
-from pab.params import GenerationParamsError
+from pab.runtime.request.params import GenerationParamsError
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequestError, invalid
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse

@@ -24,8 +24,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pab.config import PABConfigError
-from pab.params import GenerationParamsError
-from pab.video import MIME_TYPES
+from pab.runtime.request.params import GenerationParamsError
+from pab.runtime.video import MIME_TYPES
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, invalid, not_found, server_error, unauthorized
 from serve_app.model_card import ModelCard, seconds_label
@@ -55,7 +55,7 @@ DISPATCH_RETRIES = 20
 QUEUE_DEPTH_PERIOD_S = 5.0
 CARD_REFRESH_S = 5.0
 
-# Internal field names (pab.pipelines) -> the request field the client sent.
+# Internal field names (pab.runtime.pipelines) -> the request field the client sent.
 _PARAM_NAMES = {"num_frames": "frames", "height": "size", "width": "size", "num_inference_steps": "steps"}
 
 app = FastAPI(

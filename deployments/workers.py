@@ -129,7 +129,7 @@ class GenerationWorker:
     def load(self) -> dict[str, Any]:
         """Load the pipeline, apply PAB and sequence parallel; returns the model card (JSON)."""
         from pab.parallel import ParallelConfig
-        from pab.pipelines import VideoGenerator, load_pipeline
+        from pab.runtime.pipelines import VideoGenerator, load_pipeline
 
         cfg = self.config
         device = "cuda" if cfg.device == "cuda" else "cpu"
@@ -144,8 +144,8 @@ class GenerationWorker:
 
     def generate(self, request: GenerationRequest, progress: JobProgress | None) -> GenerationResponse | None:
         """Run one generation on this rank; rank 0 returns the encoded video, the other ranks None."""
-        from pab.params import GenerationParams
-        from pab.video import encode_spritesheet, encode_thumbnail, encode_video
+        from pab.runtime.request.params import GenerationParams
+        from pab.runtime.video import encode_spritesheet, encode_thumbnail, encode_video
 
         on_step = _StepClock(progress) if self.rank == 0 else None
         try:

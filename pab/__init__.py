@@ -1,6 +1,6 @@
 """Pyramid Attention Broadcast for diffusers video transformers (torch + diffusers only; never imports ray).
 
-The names below load on first use, so that `import pab.config` or `pab.params` (request validation in serving
+The names below load on first use, so that `import pab.config` or `pab.runtime.request.params` (request validation in serving
 processes) does not import torch and diffusers.
 """
 

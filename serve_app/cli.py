@@ -174,8 +174,8 @@ def _register_generate(subparsers: Any) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pab.pipelines import GenerationParams, VideoGenerator, load_pipeline
-    from pab.video import write_video
+    from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline
+    from pab.runtime.video import write_video
 
     config = load_app_config(args.config, [f"model={args.model}"] if args.model else [])
     size = _size(args.size)

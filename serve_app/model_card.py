@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from pab.config import PABConfig, PABConfigError
-from pab.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
+from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
 from pab.presets import get_preset
 
 from .config import LimitsConfig
@@ -40,7 +40,7 @@ class ModelCard(BaseModel):
         adapter: The PAB adapter name, or None for a model PAB cannot hook.
         defaults: Generation defaults (`num_frames`, `height`, `width`, `num_inference_steps`, `guidance_scale`,
             `fps`).
-        geometry: The pipeline attributes `pab.params.validate_params` checks requests against (VAE scale factors,
+        geometry: The pipeline attributes `pab.runtime.request.params.validate_params` checks requests against (VAE scale factors,
             the transformer config, and a closed-vocabulary model's words).
     """
 
@@ -54,7 +54,7 @@ class ModelCard(BaseModel):
 
     @classmethod
     def from_generator(cls, name: str, generator: Any) -> "ModelCard":
-        """Describe a `pab.pipelines.VideoGenerator`'s pipeline."""
+        """Describe a `pab.runtime.pipelines.VideoGenerator`'s pipeline."""
         pipeline = generator.pipeline
         geometry = {a: getattr(pipeline, a) for a in _GEOMETRY_ATTRS if getattr(pipeline, a, None) is not None}
         geometry["transformer_config"] = {k: v for k, v in dict(pipeline.transformer.config).items() if _jsonable(v)}

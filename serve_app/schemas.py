@@ -27,7 +27,7 @@ PAB_FIELD_DOC = (
 
 
 class GenerationRequest(BaseModel):
-    """One text-to-video generation, as the generator deployment takes it (field names as in `pab.pipelines`)."""
+    """One text-to-video generation, as the generator deployment takes it (field names as in `pab.runtime.pipelines`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,7 +51,7 @@ class GenerationRequest(BaseModel):
         return value
 
     def generation_kwargs(self) -> dict[str, Any]:
-        """The fields `pab.pipelines.GenerationParams` takes."""
+        """The fields `pab.runtime.pipelines.GenerationParams` takes."""
         return self.model_dump(exclude={"model", "pab"})
 
 

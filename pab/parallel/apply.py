@@ -14,6 +14,7 @@ import torch
 from diffusers.hooks import HookRegistry
 
 from ..adapters import ModelAdapter, adapter_for
+from ..geometry import spatial_scale, temporal_scale
 from .attention import DSPTemporalProcessor, UlyssesAttnProcessor
 from .cfg import BatchCFGHook, TwoPassCFGHook, swap_prompt_embeddings
 from .config import ParallelConfig, ParallelConfigError
@@ -59,10 +60,8 @@ class ParallelHandle:
 
     def validate_request(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
         """Request-time check of an output size (pixels) against the split; same rules as each forward applies."""
-        from ..params import _spatial_scale, _temporal_scale  # the pipeline's VAE factors, read one way everywhere
-
-        frames = (num_frames - 1) // _temporal_scale(pipeline) + 1
-        scale = _spatial_scale(pipeline)
+        frames = (num_frames - 1) // temporal_scale(pipeline) + 1
+        scale = spatial_scale(pipeline)
         channels = self.transformer.config.in_channels
         if self.model == "cogvideox":
             shape = (1, frames, channels, height // scale, width // scale)

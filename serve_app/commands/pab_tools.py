@@ -1,5 +1,5 @@
-"""`pab profile`, `pab calibrate`, `pab eval` (defined in `pab.cli_tools`)."""
+"""`pab profile`, `pab calibrate`, `pab eval` (defined in `pab.runtime.tools.cli`)."""
 
-from pab.cli_tools import register
+from pab.runtime.tools.cli import register
 
 __all__ = ["register"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pab.video import decode_video
+from pab.runtime.video import decode_video
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

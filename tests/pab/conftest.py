@@ -7,7 +7,7 @@ import torch
 
 from diffusers import LattePipeline
 
-from pab.testing import TEXT_TOKENS
+from pab.runtime.models.tiny import TEXT_TOKENS
 
 
 def run_to_latents(pipe, *, steps: int = 12, seed: int = 0, prompt: str = "a red car drives fast") -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pab.adapters import ADAPTERS, UnsupportedModelError, adapter_for, generic_adapter
-from pab.testing import tiny_cogvideox_transformer, tiny_latte_transformer, tiny_wan_transformer
+from pab.runtime.models.tiny import tiny_cogvideox_transformer, tiny_latte_transformer, tiny_wan_transformer
 
 
 def _kinds(adapter, transformer):

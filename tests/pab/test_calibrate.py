@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from pab.calibrate import (
+from pab.runtime.tools.calibrate import (
     CalibrationError, broadcast_fraction, calibrate, candidates, sampler_timesteps, stable_window,
 )
 from pab.config import BroadcastRule, PABConfig
-from pab.pipelines import GenerationParams, VideoGenerator
+from pab.runtime.pipelines import GenerationParams, VideoGenerator
 from pab.presets import get_preset
-from pab.profiler import AttentionProfile
-from pab.tinyvideo.pipeline import random_tiny_shapes
+from pab.runtime.tools.profiler import AttentionProfile
+from pab.runtime.tinyvideo.pipeline import random_tiny_shapes
 
 STEPS = 8
 PROMPT = "a red disc moving up"
@@ -71,7 +71,7 @@ def test_predicted_fraction_equals_measured_hit_rate(generator, config):
 
 
 def test_calibrate_beats_the_baseline_or_says_why(generator):
-    from pab.profiler import profile_generations
+    from pab.runtime.tools.profiler import profile_generations
 
     def run(p, s):
         generator.generate(GenerationParams(prompt=p, seed=s, num_inference_steps=STEPS), pab="none")

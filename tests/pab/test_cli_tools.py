@@ -2,7 +2,7 @@
 
 import json
 
-from pab.cli_tools import main
+from pab.runtime.tools.cli import main
 from pab.config import PABConfig
 from serve_app.cli import build_parser
 
@@ -13,7 +13,7 @@ def test_registered_in_the_pab_console_script():
     parser = build_parser()
     for command in ("profile", "calibrate", "eval"):
         args = parser.parse_args([command, "--profile", "p.json"] if command == "calibrate" else [command])
-        assert args.func.__module__ == "pab.cli_tools"
+        assert args.func.__module__ == "pab.runtime.tools.cli"
 
 
 def test_profile_calibrate_eval(tmp_path, capsys):

@@ -8,7 +8,7 @@ from diffusers import DDIMScheduler
 from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 
 from pab import BroadcastRule, MLPBroadcastRule, PABApplyError, PABConfig, apply_pab, get_preset
-from pab.testing import (
+from pab.runtime.models.tiny import (
     tiny_cogvideox_pipeline,
     tiny_latte_pipeline,
     tiny_latte_transformer,
@@ -238,7 +238,7 @@ def test_apply_twice_and_bad_config_errors():
 
 def test_two_pass_fallback_without_cache_context():
     """A two-pass pipeline that sets no cache_context still gets one cache per pass (call order at a timestep)."""
-    from pab.testing import tiny_wan_transformer
+    from pab.runtime.models.tiny import tiny_wan_transformer
 
     transformer = tiny_wan_transformer()
     handle = apply_pab(transformer, PABConfig(cross=BroadcastRule(2, (0, 1000))))

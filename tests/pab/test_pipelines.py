@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 
 import huggingface_hub.constants
 import numpy as np
@@ -11,10 +9,10 @@ import pytest
 import torch
 from diffusers import CogVideoXPipeline, LattePipeline, WanPipeline
 
-import pab
-import pab.pipelines as pipelines
+import pab.runtime.pipelines.generator as generator_module
+from pab.adapters import UnsupportedModelError
 from pab.config import PABConfigError
-from pab.pipelines import (
+from pab.runtime.pipelines import (
     GenerationParams,
     GenerationParamsError,
     ModelLoadError,
@@ -25,7 +23,8 @@ from pab.pipelines import (
     validate_params,
 )
 from pab.presets import get_preset
-from pab.testing import EMBEDDED_MODELS, tiny_cogvideox_pipeline, tiny_latte_pipeline, tiny_wan_pipeline
+from pab.runtime.models.registry import RANDOM_MODELS as EMBEDDED_MODELS
+from pab.runtime.models.tiny import tiny_cogvideox_pipeline, tiny_latte_pipeline, tiny_wan_pipeline
 
 PROMPT = "a red car drives fast on the road"
 BUILDERS = {"tiny-latte": tiny_latte_pipeline, "tiny-cogvideox": tiny_cogvideox_pipeline, "tiny-wan": tiny_wan_pipeline}
@@ -142,7 +141,7 @@ def test_generator_resolve_fills_defaults_and_draws_a_seed():
 
 @pytest.mark.parametrize("name,text_len", [("tiny-latte", None), ("tiny-cogvideox", 16), ("tiny-wan", 32)])
 def test_call_kwargs_speak_each_pipelines_dialect(name, text_len):
-    kwargs = pipelines._call_kwargs(BUILDERS[name](), _params(num_frames=8))
+    kwargs = generator_module._call_kwargs(BUILDERS[name](), _params(num_frames=8))
     assert kwargs.get("max_sequence_length") == text_len  # CogVideoX: its text positions; Wan: the tokenizer's limit
     assert kwargs["video_length" if name == "tiny-latte" else "num_frames"] == 8
     assert kwargs["output_type"] == "np"
@@ -269,14 +268,14 @@ def test_bad_pab_settings_are_rejected():
 
 def test_model_without_adapter_runs_unhooked(monkeypatch):
     def no_adapter(transformer):
-        raise pipelines.UnsupportedModelError("no adapter")
+        raise UnsupportedModelError("no adapter")
 
-    monkeypatch.setattr(pipelines, "adapter_for", no_adapter)
+    monkeypatch.setattr(generator_module, "adapter_for", no_adapter)
     gen = VideoGenerator(tiny_latte_pipeline())
     assert gen.pab_handle is None
     result = gen.generate(_params())
     assert result.stats == {} and result.frames.shape == (8, 16, 16, 3)
-    with pytest.raises(pipelines.UnsupportedModelError):
+    with pytest.raises(UnsupportedModelError):
         VideoGenerator(tiny_latte_pipeline(), "PAB-246")
 
 
@@ -285,18 +284,8 @@ def test_model_without_adapter_runs_unhooked(monkeypatch):
 
 def test_parallel_is_handed_to_pab_parallel(monkeypatch):
     seen = []
-    fake = types.ModuleType("pab.parallel")
-    fake.apply_parallel = lambda pipe, config: seen.append((pipe, config)) or "applied"
-    monkeypatch.setitem(sys.modules, "pab.parallel", fake)
-    monkeypatch.setattr(pab, "parallel", fake, raising=False)
+    fake = lambda pipe, config: seen.append((pipe, config)) or "applied"  # noqa: E731
+    monkeypatch.setattr(generator_module, "apply_parallel", fake)
     pipe = tiny_latte_pipeline()
     gen = VideoGenerator(pipe, parallel={"sp_degree": 2})
     assert seen == [(pipe, {"sp_degree": 2})] and gen.parallel == "applied"
-
-
-def test_parallel_without_pab_parallel_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pab.parallel", None)  # makes `import pab.parallel` fail
-    monkeypatch.delattr(pab, "parallel", raising=False)
-    with pytest.raises(RuntimeError, match="pab.parallel"):
-        VideoGenerator(tiny_latte_pipeline(), parallel={"sp_degree": 2})
-    assert VideoGenerator(tiny_latte_pipeline(), parallel=None).parallel is None

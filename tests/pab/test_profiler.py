@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from pab.pipelines import GenerationParams, VideoGenerator
+from pab.runtime.pipelines import GenerationParams, VideoGenerator
 from pab.presets import get_preset
-from pab.profiler import AttentionProfile, AttentionProfiler, ProfileError, plot_profile, profile_generations
-from pab.testing import tiny_latte_pipeline
-from pab.tinyvideo.pipeline import random_tiny_shapes
+from pab.runtime.tools.profiler import AttentionProfile, AttentionProfiler, ProfileError, plot_profile, profile_generations
+from pab.runtime.models.tiny import tiny_latte_pipeline
+from pab.runtime.tinyvideo.pipeline import random_tiny_shapes
 
 STEPS = 8
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pab.quality import (
-    accuracy, centroid_direction, dominant_colour, objective_check, psnr, shape_of, ssim, video_statistics,
+from pab.runtime.tinyvideo.objective import (
+    accuracy, centroid_direction, dominant_colour, objective_check, shape_of, video_statistics,
 )
-from pab.tinyvideo.data import render_clip
+from pab.runtime.tools.quality import psnr, ssim
+from pab.runtime.tinyvideo.data import render_clip
 
 
 def _video(colour="red", shape="square", direction="right", start=(4.0, 8.0)) -> np.ndarray:

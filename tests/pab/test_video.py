@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pab.video import (
+from pab.runtime.video import (
     decode_video,
     encode_spritesheet,
     encode_thumbnail,

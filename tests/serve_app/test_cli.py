@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pab.video import decode_video
+from pab.runtime.video import decode_video
 from serve_app import cli
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_app" / "configs" / "serve_cpu.yaml"
@@ -40,7 +40,7 @@ def test_config_from_serve_yaml_with_overrides():
 
 
 def test_generate_writes_a_video_without_ray(tmp_path):
-    from pab.quality import objective_check
+    from pab.runtime.tinyvideo.objective import objective_check
 
     out = tmp_path / "square.mp4"
     script = (

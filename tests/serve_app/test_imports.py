@@ -12,7 +12,7 @@ import sys
 from tests.conftest import REPO_ROOT
 
 LIGHT_MODULES = ("deployments.generator", "deployments.ingress", "deployments.workers", "serve_app.builder",
-                 "serve_app.model_card", "pab.params", "pab.config", "pab.presets")
+                 "serve_app.model_card", "pab.runtime.request.params", "pab.config", "pab.presets")
 
 
 def test_serving_modules_do_not_import_torch_or_diffusers():
@@ -27,8 +27,8 @@ def test_serving_modules_do_not_import_torch_or_diffusers():
 
 def test_pab_names_still_resolve_lazily():
     import pab
-    import pab.pipelines
+    import pab.runtime.pipelines
 
     assert pab.apply_pab is pab.hooks.apply_pab and pab.get_preset("PAB-246", "latte") is not None
-    assert pab.pipelines.GenerationParams is pab.params.GenerationParams  # one class, re-exported
+    assert pab.runtime.pipelines.GenerationParams is pab.runtime.request.params.GenerationParams  # one class, re-exported
     assert set(pab.__all__) <= set(dir(pab))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pab.config import PABConfigError
-from pab.pipelines import GenerationParams, GenerationParamsError, VideoGenerator, load_pipeline, validate_params
+from pab.runtime.pipelines import GenerationParams, GenerationParamsError, VideoGenerator, load_pipeline, validate_params
 from serve_app.config import LimitsConfig
 from serve_app.errors import APIError
 from serve_app.model_card import ModelCard, seconds_label
@@ -84,7 +84,7 @@ def test_seconds_to_frames_respects_temporal_compression(loaded):
 
 
 def test_closed_vocabulary_is_checked_the_same_by_the_card_and_the_pipeline():
-    from pab.tinyvideo.pipeline import random_tiny_shapes
+    from pab.runtime.tinyvideo.pipeline import random_tiny_shapes
 
     generator = VideoGenerator(random_tiny_shapes(0))
     card = ModelCard.model_validate_json(ModelCard.from_generator("tiny-shapes", generator).model_dump_json())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from diffusers.models.attention_processor import Attention
 
-from pab import testing
+from pab.runtime.models import tiny as testing
 from pab.parallel import ParallelConfig, ParallelConfigError, check_latents
 from pab.parallel.attention import UlyssesAttnProcessor
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pab import testing
+from pab.runtime.models import tiny as testing
 from pab.hooks import apply_pab
 from pab.parallel import ParallelConfig, apply_parallel, build_groups
 from pab.parallel.schedule import forward_comm, predict_stats
@@ -141,7 +141,7 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
                                                          ParallelConfig(sp_degree=2, strategy="dsp")))
     out["wan_cfg_without_pipeline"] = _error(lambda: apply_parallel(testing.tiny_wan_transformer(0),
                                                                     ParallelConfig(cfg_degree=2)))
-    from pab.pipelines import GenerationParams, VideoGenerator
+    from pab.runtime.pipelines import GenerationParams, VideoGenerator
 
     gen = VideoGenerator(testing.tiny_wan_pipeline(0), parallel=sp2)
     out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", num_frames=9, height=24, width=24, seed=1)))
@@ -151,7 +151,7 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
 
 def video_generator(parallel: ParallelConfig | None) -> dict[str, Any]:
     """The serving front door with parallel= set: frames and the stats dict it reports."""
-    from pab.pipelines import GenerationParams, VideoGenerator
+    from pab.runtime.pipelines import GenerationParams, VideoGenerator
 
     gen = VideoGenerator(testing.tiny_latte_pipeline(0), pab="PAB-246", parallel=parallel)
     result = gen.generate(GenerationParams(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS))

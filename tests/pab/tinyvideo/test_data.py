@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pab.quality import objective_check
-from pab.tinyvideo.data import (
+from pab.runtime.tinyvideo.objective import objective_check
+from pab.runtime.tinyvideo.data import (
     COLOURS, DIRECTIONS, HELD_OUT, SHAPES, all_combinations, caption, make_batch, parse_caption, render_clip, render_clips,
     sample_start, train_combinations,
 )

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pab.pipelines import GenerationParams, VideoGenerator
-from pab.tinyvideo.pipeline import TinyVideoPipeline, random_tiny_shapes
-from pab.tinyvideo.sampling import sample
-from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.pipelines import GenerationParams, VideoGenerator
+from pab.runtime.tinyvideo.pipeline import TinyVideoPipeline, random_tiny_shapes
+from pab.runtime.tinyvideo.sampling import sample
+from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
 
 
 def test_tokenize_unknown_and_padding():

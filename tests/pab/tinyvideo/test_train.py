@@ -2,8 +2,8 @@
 
 import torch
 
-from pab.tinyvideo.pipeline import TinyVideoPipeline
-from pab.tinyvideo.train import main
+from pab.runtime.tinyvideo.pipeline import TinyVideoPipeline
+from pab.runtime.tinyvideo.train import main
 
 TINY = ["--hidden", "32", "--layers", "1", "--batch", "4", "--warmup", "2", "--eval-every", "1000"]
 
@@ -43,7 +43,7 @@ def test_export_loads_with_from_pretrained(tmp_path, monkeypatch):
 
 
 def test_high_timestep_fraction_draws_that_share_of_the_batch_from_the_high_range():
-    from pab.tinyvideo.train import sample_timesteps
+    from pab.runtime.tinyvideo.train import sample_timesteps
 
     torch.manual_seed(0)
     t = sample_timesteps(16, 1000, high_fraction=0.5, high_min=700)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pab.tinyvideo.pipeline import REFERENCE, WEIGHTS_DIR, TinyVideoPipeline, load_tiny_shapes, reference_statistics
+from pab.runtime.tinyvideo.pipeline import REFERENCE, WEIGHTS_DIR, TinyVideoPipeline, load_tiny_shapes, reference_statistics
 
 
 @pytest.fixture(scope="module")

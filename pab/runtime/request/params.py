@@ -1,7 +1,7 @@
 """What a generation request may ask for, checked without torch: the parameters, their bounds, and the sizes a
 pipeline can produce exactly.
 
-It lives apart from `pab.pipelines` (which re-exports all of it) so that processes that only validate requests, such
+It lives apart from `pab.runtime.pipelines` (which re-exports all of it) so that processes that only validate requests, such
 as the serving ingress and the generator replicas, do not pay for importing torch and diffusers.
 """
 
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from pab.geometry import patch_sizes, spatial_scale, temporal_scale
+
 if TYPE_CHECKING:  # annotations only: importing them is what this module exists to avoid
-    import torch
     from diffusers import DiffusionPipeline
 
 MAX_SEED = 2**63 - 1
@@ -88,23 +89,6 @@ class GenerationParams:
         return cls(**data)
 
 
-def _spatial_scale(pipeline: DiffusionPipeline) -> int:
-    return int(getattr(pipeline, "vae_scale_factor_spatial", None) or getattr(pipeline, "vae_scale_factor", 1))
-
-
-def _temporal_scale(pipeline: DiffusionPipeline) -> int:
-    return int(getattr(pipeline, "vae_scale_factor_temporal", None) or 1)
-
-
-def _patch_sizes(transformer: torch.nn.Module) -> tuple[int, int, int]:
-    """(temporal, height, width) patch sizes of the transformer's patch embedding."""
-    config = transformer.config
-    patch = config.get("patch_size", 1) or 1
-    if isinstance(patch, (tuple, list)):
-        return tuple(int(p) for p in patch)  # Wan: (t, h, w)
-    return int(config.get("patch_size_t") or 1), int(patch), int(patch)
-
-
 def prompt_words(text: str) -> list[str]:
     """The words of a prompt as a closed-vocabulary text encoder reads them (lower case, commas and stops dropped)."""
     return text.lower().replace(",", " ").replace(".", " ").split()
@@ -137,8 +121,8 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
     _check_vocabulary(pipeline, params)
     transformer = pipeline.transformer
     config = transformer.config
-    patch_t, patch_h, patch_w = _patch_sizes(transformer)
-    scale = _spatial_scale(pipeline)
+    patch_t, patch_h, patch_w = patch_sizes(transformer)
+    scale = spatial_scale(pipeline)
     for name, patch in (("height", patch_h), ("width", patch_w)):
         value, multiple = getattr(params, name), scale * patch
         if value is None or value % multiple:
@@ -154,7 +138,7 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
         raise GenerationParamsError(
             "num_frames", f"must be {video_length} for this model (its temporal embedding is trained for {video_length} frames), got {frames}"
         )
-    tscale = _temporal_scale(pipeline)
+    tscale = temporal_scale(pipeline)
     if (frames - 1) % tscale:
         near = max(1, round((frames - 1) / tscale) * tscale + 1)
         raise GenerationParamsError(

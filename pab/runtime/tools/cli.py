@@ -1,7 +1,7 @@
 """`pab profile`, `pab calibrate`, `pab eval`: the measurement subcommands, as argparse builders.
 
 `register(subparsers)` adds all three; the `pab` console script picks it up through `serve_app/commands/`. Each
-command loads the model through `pab.pipelines.load_pipeline` (embedded name or a diffusers folder), so it measures
+command loads the model through `pab.runtime.pipelines.load_pipeline` (embedded name or a diffusers folder), so it measures
 the same generation path the server runs. Heavy imports stay inside the command functions.
 """
 
@@ -20,23 +20,23 @@ GENERIC_PROMPTS = ["a cat walking on the beach", "a red car driving through the 
 
 def default_prompts(model: str) -> list[str]:
     """The tiny shapes model's held-out captions (never trained on), else a couple of generic prompts."""
-    from pab.tinyvideo.pipeline import is_tiny_video_folder
+    from pab.runtime.tinyvideo.pipeline import is_tiny_video_folder
 
     if model == DEFAULT_MODEL or is_tiny_video_folder(model):
-        from pab.tinyvideo.data import HELD_OUT, caption
+        from pab.runtime.tinyvideo.data import HELD_OUT, caption
 
         return [caption(*c) for c in HELD_OUT]
     return list(GENERIC_PROMPTS)
 
 
 def load_model(model: str, dtype: str | None = None) -> Any:
-    """`pab.pipelines.load_pipeline`, plus folders exported by `pab.tinyvideo.train --export`."""
-    from pab.pipelines import _DTYPES, load_pipeline
-    from pab.tinyvideo.pipeline import is_tiny_video_folder, load_tiny_shapes
+    """`pab.runtime.pipelines.load_pipeline`, plus folders exported by `pab.runtime.tinyvideo.train --export`."""
+    from pab.runtime.pipelines.loading import DTYPES, load_pipeline
+    from pab.runtime.tinyvideo.pipeline import is_tiny_video_folder, load_tiny_shapes
 
     if is_tiny_video_folder(model):
         pipe = load_tiny_shapes(path=model)
-        return pipe.to(dtype=_DTYPES[dtype]) if dtype else pipe
+        return pipe.to(dtype=DTYPES[dtype]) if dtype else pipe
     return load_pipeline(model, dtype=dtype)
 
 
@@ -54,7 +54,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, Any]]:
     import torch
 
-    from pab.pipelines import VideoGenerator
+    from pab.runtime.pipelines import VideoGenerator
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,8 +81,8 @@ def build_profile(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from pab.pipelines import GenerationParams
-    from pab.profiler import plot_profile, profile_generations
+    from pab.runtime.pipelines import GenerationParams
+    from pab.runtime.tools.profiler import plot_profile, profile_generations
 
     generator, prompts, params = _setup(args)
 
@@ -115,8 +115,8 @@ def build_calibrate(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from pab.calibrate import calibrate
-    from pab.profiler import AttentionProfile
+    from pab.runtime.tools.calibrate import calibrate
+    from pab.runtime.tools.profiler import AttentionProfile
 
     profile = AttentionProfile.load(args.profile)
     generator, prompts, params = _setup(args)
@@ -147,7 +147,7 @@ def build_eval(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_eval(args: argparse.Namespace) -> int:
     from pab.config import PABConfig
-    from pab.quality import LPIPS_NOTE, evaluate_presets, rows_to_markdown
+    from pab.runtime.tools.quality import LPIPS_NOTE, evaluate_presets, rows_to_markdown
 
     generator, prompts, params = _setup(args)
     settings: list[Any] = list(args.presets)

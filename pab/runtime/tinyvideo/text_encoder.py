@@ -12,8 +12,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from pab.params import prompt_words
-from pab.tinyvideo.data import COLOURS, DIRECTIONS, SHAPES
+from pab.runtime.request.params import prompt_words
+from pab.runtime.tinyvideo.data import COLOURS, DIRECTIONS, SHAPES
 
 PAD, UNK = "<pad>", "<unk>"
 DEFAULT_VOCAB: tuple[str, ...] = (PAD, UNK, "a", "moving", *COLOURS, *SHAPES, *DIRECTIONS)

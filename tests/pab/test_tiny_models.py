@@ -8,8 +8,8 @@ import torch
 from diffusers import CogVideoXPipeline, DiffusionPipeline, LattePipeline, WanPipeline
 from transformers import UMT5EncoderModel
 
-from pab.testing import (
-    EMBEDDED_MODELS,
+from pab.runtime.models.registry import RANDOM_MODELS as EMBEDDED_MODELS
+from pab.runtime.models.tiny import (
     LATTE_FRAMES,
     TEXT_TOKENS,
     VOCABULARY,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from diffusers import LatteTransformer3DModel, SchedulerMixin
 
-from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
 
 
 def _context(transformer: LatteTransformer3DModel, name: str):

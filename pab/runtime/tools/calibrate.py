@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pab.config import ATTENTION_KINDS, TIMESTEP_SCALE, BroadcastRule, PABConfig
-from pab.profiler import AttentionProfile
-from pab.quality import EvalRow, run_config
+from pab.runtime.tools.profiler import AttentionProfile
+from pab.runtime.tools.quality import EvalRow, run_config
 
 FACTORS: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 30.0, 100.0)
 BASES: tuple[int, ...] = (2, 3, 4, 5, 6)

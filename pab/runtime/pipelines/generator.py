@@ -1,4 +1,4 @@
-"""The generation front door: load a video pipeline, validate a request against it, and run it with PAB.
+"""The generation front door: validate a request against a loaded pipeline and run it with PAB.
 
 Everything above this module (worker actors, the HTTP API, benchmarks) generates through `VideoGenerator`, so
 seeding, progress reporting, PAB application and per-request PAB overrides behave the same everywhere.
@@ -6,7 +6,6 @@ seeding, progress reporting, PAB application and per-request PAB overrides behav
 
 from __future__ import annotations
 
-import inspect
 import math
 import secrets
 import threading
@@ -18,31 +17,16 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from .adapters import UnsupportedModelError, adapter_for
-from .config import PABConfig, PABConfigError
-from .params import (  # noqa: F401  (re-exported: part of the pab.pipelines contract)
-    MAX_SEED,
-    GenerationParams,
-    GenerationParamsError,
-    _spatial_scale,
-    validate_params,
-)
-from .hooks import PABHandle, apply_pab
-from .presets import get_preset
-from .testing import EMBEDDED_MODELS
-from .tinyvideo.pipeline import TRAINED_MODELS
-from .video import encode_video  # noqa: F401  (part of the pab.pipelines contract in docs/ARCHITECTURE.md)
+from pab.adapters import UnsupportedModelError, adapter_for
+from pab.config import PABConfig, PABConfigError
+from pab.hooks import PABHandle, apply_pab
+from pab.parallel import apply_parallel
+from pab.presets import get_preset
+from pab.runtime.pipelines.loading import call_defaults, pipeline_defaults
+from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
 
 OnStep = Callable[[int, int], None]
 """`on_step(step_index, total_steps)`, called after each denoising step; raising from it aborts the generation."""
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_FPS_BY_PIPELINE = {"WanPipeline": 16}  # the rest of the supported families ship 8 fps
-_DEFAULTS_ATTR = "_pab_generation_defaults"
-
-
-class ModelLoadError(ValueError):
-    """`load_pipeline` could not resolve the model name; the message lists the embedded names."""
 
 
 @dataclass
@@ -64,63 +48,9 @@ class GenerationResult:
     pab: dict[str, Any] | None = field(default=None)
 
 
-def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None) -> DiffusionPipeline:
-    """
-    Load an embedded tiny model by name (`pab.testing.EMBEDDED_MODELS`), else `DiffusionPipeline.from_pretrained`
-    (a local directory, or a hub id when the hub is reachable).
-    """
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
-    entry = EMBEDDED_MODELS.get(model) or TRAINED_MODELS.get(model)
-    if entry is not None:
-        pipeline = entry.build()
-        setattr(pipeline, _DEFAULTS_ATTR, entry.defaults())
-    else:
-        try:
-            pipeline = DiffusionPipeline.from_pretrained(model, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"model {model!r} is not an embedded model ({sorted({**EMBEDDED_MODELS, **TRAINED_MODELS})}) and "
-                f"from_pretrained failed: "
-                f"{exc}. Pass a directory saved with save_pretrained, or a hub id with the hub reachable."
-            ) from exc
-        pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device, dtype) if dtype is not None else pipeline.to(device)
-
-
-def _call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(pipeline.__call__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def pipeline_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:
-    """Generation defaults for a pipeline: what its loader recorded, else its sample size and `__call__` defaults."""
-    recorded = getattr(pipeline, _DEFAULTS_ATTR, None)
-    if recorded:
-        return dict(recorded)
-    call = _call_defaults(pipeline)
-    config = pipeline.transformer.config
-    scale = _spatial_scale(pipeline)
-    sample_h = config.get("sample_height") or config.get("sample_size")
-    sample_w = config.get("sample_width") or config.get("sample_size")
-    return {
-        "num_frames": config.get("video_length") or config.get("sample_frames") or call.get("num_frames") or 16,
-        "height": sample_h * scale if sample_h else call.get("height") or 480,
-        "width": sample_w * scale if sample_w else call.get("width") or 832,
-        "num_inference_steps": call.get("num_inference_steps", 50),
-        "guidance_scale": float(call.get("guidance_scale", 5.0)),
-        "fps": _FPS_BY_PIPELINE.get(type(pipeline).__name__, 8),
-    }
-
-
 def _call_kwargs(pipeline: DiffusionPipeline, params: GenerationParams) -> dict[str, Any]:
     """Map params onto this pipeline's `__call__` (Latte says `video_length`, CogVideoX wants its text length)."""
-    accepted = _call_defaults(pipeline)
+    accepted = call_defaults(pipeline)
     kwargs: dict[str, Any] = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
@@ -149,20 +79,6 @@ def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
     return (np.clip(video, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def _apply_parallel(pipeline: DiffusionPipeline, parallel: Any) -> Any:
-    """Hand the pipeline to `pab.parallel.apply_parallel(pipeline, parallel)`; its return value is kept."""
-    try:
-        from . import parallel as parallel_module
-    except ImportError as exc:
-        if exc.name != f"{__package__}.parallel":
-            raise
-        raise RuntimeError("parallel= needs the pab.parallel module, which this build lacks; pass parallel=None") from exc
-    apply = getattr(parallel_module, "apply_parallel", None)
-    if apply is None:
-        raise RuntimeError("pab.parallel provides no apply_parallel(pipeline, config); pass parallel=None")
-    return apply(pipeline, parallel)
-
-
 class VideoGenerator:
     r"""
     Runs one pipeline for many requests, with PAB applied once.
@@ -186,7 +102,7 @@ class VideoGenerator:
     ) -> None:
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
-        self.parallel = _apply_parallel(pipeline, parallel) if parallel is not None else None
+        self.parallel = apply_parallel(pipeline, parallel) if parallel is not None else None
         try:
             self.adapter = adapter_for(pipeline.transformer)
         except UnsupportedModelError:

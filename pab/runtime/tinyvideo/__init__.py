@@ -5,8 +5,8 @@ transformer and noise schedule, `sampling` the CFG loop, `pipeline` the diffuser
 loader, `train` the reproducible training script. See weights/MODEL_CARD.md.
 """
 
-from pab.tinyvideo.pipeline import MODEL_NAME, WEIGHTS_DIR, TinyVideoPipeline, load_tiny_shapes, random_tiny_shapes
-from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.tinyvideo.pipeline import MODEL_NAME, WEIGHTS_DIR, TinyVideoPipeline, load_tiny_shapes, random_tiny_shapes
+from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
 
 __all__ = ["MODEL_NAME", "WEIGHTS_DIR", "TinyVideoPipeline", "WordEmbeddingTextEncoder", "load_tiny_shapes",
            "random_tiny_shapes"]

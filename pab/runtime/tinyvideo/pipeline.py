@@ -1,7 +1,7 @@
 """`TinyVideoPipeline`: the trained tiny shapes model as a diffusers pipeline, and its embedded loader.
 
 It has the call signature of diffusers' video pipelines (prompt, negative_prompt, num_frames, height, width,
-num_inference_steps, guidance_scale, generator, output_type, callback_on_step_end), so `pab.pipelines.VideoGenerator`
+num_inference_steps, guidance_scale, generator, output_type, callback_on_step_end), so `pab.runtime.pipelines.VideoGenerator`
 drives it like Latte. Pixel space: there is no VAE, the transformer denoises RGB frames directly.
 """
 
@@ -17,8 +17,8 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, LatteTransformer3DModel
 from diffusers.utils import BaseOutput
 
-from pab.tinyvideo.sampling import denoise
-from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.tinyvideo.sampling import denoise
+from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "tiny-shapes"
@@ -48,9 +48,9 @@ class TinyVideoPipeline(DiffusionPipeline):
 
     @property
     def prompt_vocabulary(self) -> dict[str, Any]:
-        """The words the text encoder knows; `pab.params.validate_params` refuses prompts with others."""
-        from pab.tinyvideo.data import caption
-        from pab.tinyvideo.text_encoder import PAD, UNK
+        """The words the text encoder knows; `pab.runtime.request.params.validate_params` refuses prompts with others."""
+        from pab.runtime.tinyvideo.data import caption
+        from pab.runtime.tinyvideo.text_encoder import PAD, UNK
 
         return {
             "words": [w for w in self.text_encoder.index if w not in (PAD, UNK)],
@@ -123,9 +123,9 @@ REFERENCE = {"prompt": "a blue square moving right", "seed": 0, "num_inference_s
 
 
 def reference_statistics(pipe: TinyVideoPipeline) -> dict[str, Any]:
-    """Generate the REFERENCE clip and summarise it (`pab.quality.video_statistics` + the objective check)."""
-    from pab.quality import objective_check, video_statistics
-    from pab.tinyvideo.data import parse_caption
+    """Generate the REFERENCE clip and summarise it (`objective.video_statistics` + the objective check)."""
+    from pab.runtime.tinyvideo.objective import objective_check, video_statistics
+    from pab.runtime.tinyvideo.data import parse_caption
 
     r = REFERENCE
     frames = pipe(r["prompt"], generator=torch.Generator().manual_seed(r["seed"]),
@@ -139,7 +139,7 @@ def write_sample_sheet(pipe: TinyVideoPipeline, path: str | Path, seed: int = 0,
     import numpy as np
     from PIL import Image
 
-    from pab.tinyvideo.data import HELD_OUT, caption
+    from pab.runtime.tinyvideo.data import HELD_OUT, caption
 
     rows = []
     for combo in HELD_OUT:
@@ -164,7 +164,7 @@ def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideo
     if not (Path(path) / "model_index.json").is_file():
         raise FileNotFoundError(
             f"no trained tiny-shapes weights at {path}; export them with "
-            f"`python -m pab.tinyvideo.train --export {path}` (see pab/tinyvideo/weights/MODEL_CARD.md)"
+            f"`python -m pab.runtime.tinyvideo.train --export {path}` (see pab/runtime/tinyvideo/weights/MODEL_CARD.md)"
         )
     from diffusers.utils import logging as diffusers_logging
 
@@ -179,19 +179,9 @@ def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideo
     return pipe
 
 
-def _trained_models() -> dict[str, Any]:
-    from pab.testing import EmbeddedModel  # the same entry type as the random-weight embedded models
-
-    return {MODEL_NAME: EmbeddedModel(load_tiny_shapes, num_frames=4, height=16, width=16, **DEFAULTS)}
-
-
-TRAINED_MODELS: dict[str, Any] = _trained_models()
-"""Embedded models with trained weights, served by name through `pab.pipelines.load_pipeline`."""
-
-
 def random_tiny_shapes(seed: int = 0, *, hidden: int = 32, layers: int = 2) -> TinyVideoPipeline:
     """The same architecture with random weights (tests, and the model before training); leaves the global RNG alone."""
-    from pab.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
+    from pab.runtime.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

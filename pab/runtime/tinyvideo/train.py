@@ -1,9 +1,9 @@
 """Train the tiny shapes model from a seed, resumably, and export its EMA weights in the diffusers layout.
 
-    python -m pab.tinyvideo.train --out .pab/train            # train (resumes from .pab/train/last.pt if present)
-    python -m pab.tinyvideo.train --out .pab/train --export pab/tinyvideo/weights [--checkpoint ...]
+    python -m pab.runtime.tinyvideo.train --out .pab/train            # train (resumes from .pab/train/last.pt if present)
+    python -m pab.runtime.tinyvideo.train --out .pab/train --export pab/runtime/tinyvideo/weights [--checkpoint ...]
 
-The data are procedural (`pab.tinyvideo.data`), so a seed fixes the whole run: the initial weights, every batch, the
+The data are procedural (`pab.runtime.tinyvideo.data`), so a seed fixes the whole run: the initial weights, every batch, the
 noise, the caption dropout. Checkpoints hold the RNG states, so a resumed run continues the same sequence.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from pab.quality import accuracy, objective_check
-from pab.tinyvideo.data import HELD_OUT, caption, make_batch, train_combinations
-from pab.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler, train_scheduler
-from pab.tinyvideo.pipeline import TinyVideoPipeline, reference_statistics, write_sample_sheet
-from pab.tinyvideo.sampling import sample, to_uint8_frames
+from pab.runtime.tinyvideo.objective import accuracy, objective_check
+from pab.runtime.tinyvideo.data import HELD_OUT, caption, make_batch, train_combinations
+from pab.runtime.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler, train_scheduler
+from pab.runtime.tinyvideo.pipeline import TinyVideoPipeline, reference_statistics, write_sample_sheet
+from pab.runtime.tinyvideo.sampling import sample, to_uint8_frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

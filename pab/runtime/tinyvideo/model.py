@@ -11,8 +11,8 @@ from typing import Any
 
 from diffusers import DDIMScheduler, DDPMScheduler, LatteTransformer3DModel
 
-from pab.tinyvideo.data import DEFAULT_SPEC, ClipSpec
-from pab.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.tinyvideo.data import DEFAULT_SPEC, ClipSpec
+from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
 
 SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,

@@ -2,7 +2,7 @@
 
 Every clip is drawn from its caption's three attributes and a seed, so the dataset is infinite, deterministic and
 needs no download. The conventions here (palette, image axes, what "up" means) are the ground truth that the
-objective check in `pab.quality` measures generated videos against.
+objective check in `pab.runtime.tools.quality` measures generated videos against.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pab.params import prompt_words
+from pab.runtime.request.params import prompt_words
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.0, 0.0),

@@ -10,8 +10,7 @@ default frame count (`video_length`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from diffusers import (
@@ -66,7 +65,7 @@ def _seeded(seed: int) -> Iterator[None]:
 def tiny_tokenizer() -> T5Tokenizer:
     """
     A T5 (Unigram) tokenizer over `VOCABULARY`; built in code, saves and reloads like a real one. Its
-    `model_max_length` caps the text length pipelines pad to (`pab.pipelines` reads it), keeping Wan's cross-attention
+    `model_max_length` caps the text length pipelines pad to (`pab.runtime.pipelines` reads it), keeping Wan's cross-attention
     at 32 tokens instead of 512.
     """
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
@@ -238,35 +237,3 @@ def tiny_wan_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     transformer = tiny_wan_transformer(seed, num_layers=num_layers)
     return _assemble(WanPipeline, tiny_umt5_encoder(seed), vae, transformer, scheduler)
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    r"""
-    A tiny model servable by name, with the generation defaults it was sized for.
-
-    Args:
-        build (`Callable[..., DiffusionPipeline]`): Builder taking `seed=`.
-        num_frames, height, width (`int`): Default output size; the frame count is one the model accepts.
-        num_inference_steps (`int`), guidance_scale (`float`), fps (`int`): Defaults as the real model family uses
-            (guidance, fps) or sized for fast CPU runs (steps).
-    """
-
-    build: Callable[..., DiffusionPipeline]
-    num_frames: int
-    height: int = 32
-    width: int = 32
-    num_inference_steps: int = 10
-    guidance_scale: float = 5.0
-    fps: int = 8
-
-    def defaults(self) -> dict[str, Any]:
-        """Generation defaults, keyed like `pab.pipelines.GenerationParams` fields."""
-        return {k: v for k, v in asdict(self).items() if k != "build"}
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "tiny-latte": EmbeddedModel(tiny_latte_pipeline, num_frames=LATTE_FRAMES, guidance_scale=7.5),
-    "tiny-cogvideox": EmbeddedModel(tiny_cogvideox_pipeline, num_frames=9, guidance_scale=6.0),
-    "tiny-wan": EmbeddedModel(tiny_wan_pipeline, num_frames=9, guidance_scale=5.0, fps=16),
-}

@@ -1,0 +1,1 @@
+"""What a generation request may ask for, checked without torch (`params`)."""
