@@ -62,7 +62,7 @@ def rank_main(rank: int, sp: int, steps: int, layers: int) -> dict[str, Any]:
         result = gen.generate(GenerationParams(prompt="a dog runs on the beach", num_frames=FRAMES, height=HEIGHT,
                                                width=WIDTH, num_inference_steps=steps, guidance_scale=7.5, seed=1))
         out[label] = {
-            "stats": result.stats,
+            "stats": result.stats.pab.model_dump(),
             "timesteps": [float(t) for t in pipe.scheduler.timesteps],
             "wall_s": time.perf_counter() - start,
         }

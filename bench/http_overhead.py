@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline
-    from serve_app.builder import APP_NAME, build_app
+    from serve_app.entrypoints.builder import APP_NAME, build_app
     from serve_app.config import AppConfig
 
     torch.set_num_threads(1)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from cluster.local_cluster import free_port
-    from serve_app.builder import APP_NAME, build_app
+    from serve_app.entrypoints.builder import APP_NAME, build_app
     from serve_app.config import AppConfig
 
     autoscaling = {

@@ -51,17 +51,3 @@ def resolve_autoscaling_config(overrides: Mapping[str, Any] | None) -> dict[str,
         where = f"autoscaling_config.{'.'.join(loc)}" if loc else "autoscaling_config"
         raise ValueError(f"{where}: {first.get('msg', 'invalid value')} (resolved config: {merged})") from None
     return merged
-
-
-def queue_full_error(in_flight: int, max_jobs: int, retry_after_s: int) -> Any:
-    """The 429 the ingress raises when `in_flight` jobs have reached `max_jobs`: OpenAI's rate-limit shape."""
-    from serve_app.errors import APIError
-
-    return APIError(
-        429,
-        f"the server's job queue is full: {in_flight} jobs are waiting or running here, the limit "
-        f"queue.max_jobs={max_jobs}; retry after {retry_after_s} s (no job was created for this request)",
-        type="requests",
-        code="rate_limit_exceeded",
-        headers={"Retry-After": str(retry_after_s)},
-    )

@@ -1,12 +1,14 @@
-"""The generator deployment: each replica owns a worker group in its own placement group and runs one generation
-at a time on it.
+"""The generator deployment: each replica owns a worker group in its own placement group and a generation engine
+(`deployments.engine`) that batches compatible jobs onto it.
 
-Two entry points, both plain handle calls (so Serve counts them as ongoing or queued requests for autoscaling):
+Entry points, all plain handle calls (so Serve counts every job waiting in or running on the engine as an ongoing
+request for autoscaling):
 
 - `generate(GenerationRequest) -> GenerationResponse`: the typed Python API, e.g.
-  `await handle.generate.remote(GenerationRequest(prompt="a cat", seed=7))`.
-- `run_job(job_id)`: what the HTTP ingress dispatches; reads the job from the store, writes progress, the video
-  and the final state back there, so the job survives the ingress that accepted it.
+  `await handle.generate.remote(GenerationRequest(prompt="a red square moving left", seed=7))`; resolved here with
+  the same resolver as HTTP requests, then run through the same engine.
+- `run_job(job_id, take_over)`: what the HTTP ingress dispatches; `deployments.runner` claims the stored job, runs it
+  and writes its progress, content and outcome to the store, so the job survives the ingress that accepted it.
 
 `check_health` fails once a worker has died, so Serve replaces the replica (and its placement group with it).
 """
@@ -22,24 +24,26 @@ import ray
 from ray import serve
 from ray.util import get_current_placement_group
 
-from pab.config import PABConfigError
-from pab.runtime.request.params import GenerationParamsError
+from pab.runtime.request.params import RequestError
+from pab.runtime.request.resolve import resolve
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidRequestError, invalid
-from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
-from serve_app.store import JobState, JobStore
+from serve_app.errors import from_request_error
+from serve_app.schemas import GenerationRequest, GenerationResponse
+from serve_app.store import JobStore
 
 from . import metrics
-from .workers import JobProgress, ReplicaUnavailableError, WorkerGroup, WorkerGroupError
+from .engine import GenerationEngine
+from .runner import JobRunner
+from .workers import ReplicaUnavailableError, WorkerGroup
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "VideoGenerator"
 
 
-@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=1)
+@serve.deployment(name=DEPLOYMENT_NAME)
 class VideoGeneratorDeployment:
-    """Placement-group options (bundles, `STRICT_PACK`) come from `serve_app.builder.generator_options`."""
+    """Placement-group options (bundles, `STRICT_PACK`) come from `serve_app.entrypoints.builder.generator_options`."""
 
     async def __init__(self, config: AppConfig) -> None:
         began = time.perf_counter()
@@ -48,6 +52,16 @@ class VideoGeneratorDeployment:
         replica = serve.get_replica_context().replica_id.unique_id
         self._group = WorkerGroup(config, get_current_placement_group(), name_prefix=replica)
         self._card = await self._group.start()
+        engine = config.engine
+        max_batch = engine.max_batch_size if self._card.batch_variance is None else 1
+        if max_batch < engine.max_batch_size:
+            logger.info("pab: %s runs one job at a time: %s", self._card.name, self._card.batch_variance)
+        self._engine = GenerationEngine(
+            self._group, model=self._card.name, per_sample_guidance=self._card.per_sample_guidance,
+            max_batch_size=max_batch, batch_wait_ms=engine.batch_wait_ms if max_batch > 1 else 0,
+            progress_poll_s=max(config.storage.progress_interval_s, 0.05),
+        )
+        self._runner = JobRunner(self._store, self._engine, config, replica, self._card.name)
         self._store.put_card(config.card_key(), self._card.model_dump_json())
         self._startup = {**self._group.startup, "init_s": round(time.perf_counter() - began, 3)}
         logger.info("pab generator replica %s ready: %s", replica, self._startup)
@@ -59,106 +73,42 @@ class VideoGeneratorDeployment:
     async def describe(self) -> dict[str, Any]:
         """Where this replica's workers run: its placement group, the bundles and each worker's placement."""
         pg = self._group.placement_group
+        queued, running = self._engine.depth
         return {
             "placement_group_id": pg.id.hex(),
             "bundles": pg.bundle_specs,
             "strategy": ray.util.placement_group_table(pg).get("strategy"),
             "workers": await self._group.placements(),
+            "worker_names": self._group.names,
             "startup": self._startup,
             "niceness": os.getpriority(os.PRIO_PROCESS, 0),
             "model": self._card.model_dump(mode="json"),
+            "engine": {"queued": queued, "running": running, "batches_run": self._engine.batches_run,
+                       "batches_stopped": self._engine.batches_stopped, "jobs_cancelled": self._engine.jobs_cancelled},
         }
-
-    def _resolve(self, request: GenerationRequest) -> GenerationRequest:
-        try:
-            return self._card.resolve(request, self._config.pab_preset, self._config.limits)
-        except GenerationParamsError as exc:  # re-raised as an error that pickles: it crosses Ray to the caller
-            raise invalid(str(exc), param=exc.field) from None
-        except PABConfigError as exc:
-            raise invalid(f"pab: {exc}", param="pab") from None
 
     async def generate(self, request: GenerationRequest) -> GenerationResponse:
         """Generate one video and return it (typed Python API). An invalid request raises
         `serve_app.errors.InvalidRequestError` (a `ValueError`) whose `param` names the field."""
         submitted = time.time()
-        response = await self._group.run(self._resolve(request))
-        timings = {**response.timings, "total_s": time.time() - submitted}
-        step_seconds = timings.pop("steps_s", ())
-        self._book(response.request, "completed", response.stats, timings, step_seconds)
-        return response.model_copy(update={"timings": timings})
+        try:
+            resolved = resolve(request, self._card, default_pab=self._config.pab_preset, limits=self._config.limits)
+        except RequestError as exc:  # re-raised as an error that pickles with its fields: it crosses Ray
+            raise from_request_error(exc, api_names=False) from None
+        job = self._engine.job(resolved)
+        response = await self._engine.submit(job)
+        stats = response.stats.with_timings(queue_wait_s=(job.started_at or submitted) - submitted,
+                                            total_s=time.time() - submitted)
+        preset = (resolved.pab or {}).get("name", "none")
+        metrics.record_job_finished(self._card.name, preset, stats, "completed", frames=resolved.num_frames)
+        return response.model_copy(update={"stats": stats})
 
-    async def run_job(self, job_id: str) -> str:
+    async def run_job(self, job_id: str, take_over: bool = False) -> str:
         """Run a stored job to its end and record the outcome in the store; returns the final status.
 
-        Raises `ReplicaUnavailableError` (before touching the job) when this replica's workers are gone, so the
-        caller can dispatch the job again.
+        Raises `ReplicaUnavailableError` when this replica cannot run it (its workers are gone, before or during
+        the run), so the caller dispatches the job again; the job then runs again, up to `engine.max_attempts`.
         """
-        record = self._store.record(job_id)
-        if record is None:
-            return "deleted"
-        state = self._store.state(job_id)
-        if state.terminal:
-            return state.status
         if self._group.broken is not None:
             raise ReplicaUnavailableError(f"this generator replica is being replaced ({self._group.broken})")
-        started = time.time()
-        self._store.set_state(job_id, JobState(status="in_progress", started_at=started))
-        progress = JobProgress(self._config.storage.url, job_id, started, self._config.storage.progress_interval_s)
-        request = record.request
-        try:
-            response = await self._group.run(request, progress)
-        except Exception as exc:
-            message = str(exc) if isinstance(exc, (WorkerGroupError, ValueError)) else f"{type(exc).__name__}: {exc}"
-            code = (
-                "worker_failed" if isinstance(exc, WorkerGroupError)
-                else "invalid_request" if isinstance(exc, InvalidRequestError)
-                else "generation_failed"
-            )
-            logger.error("pab job %s failed: %s", job_id, message)
-            self._store.set_state(
-                job_id,
-                JobState(
-                    status="failed",
-                    progress=self._store.state(job_id).progress,
-                    started_at=started,
-                    completed_at=int(time.time()),
-                    error={"code": code, "message": message},
-                ),
-            )
-            self._book(request, "failed", None, None, ())
-            return "failed"
-        if not self._store.exists(job_id):
-            return "deleted"  # deleted while it ran: do not bring its folder back
-        for variant in CONTENT_FORMATS:
-            self._store.put_content(job_id, variant, response.content(variant))
-        finished = time.time()
-        timings = {
-            **response.timings,
-            "queue_wait_s": started - record.submitted_at,
-            "total_s": finished - record.submitted_at,
-        }
-        step_seconds = timings.pop("steps_s", ())
-        self._store.set_state(
-            job_id,
-            JobState(
-                status="completed",
-                progress=100,
-                started_at=started,
-                completed_at=int(finished),
-                stats=response.stats,
-                timings=timings,
-            ),
-        )
-        self._book(request, "completed", response.stats, timings, step_seconds)
-        return "completed"
-
-    def _book(self, request: GenerationRequest, status: str, stats: Any, timings: Any, step_seconds: Any) -> None:
-        """Export the job's PAB stats and latencies as Prometheus metrics (`deployments.metrics`)."""
-        model, preset = self._card.name, (request.pab or {}).get("name", "none")
-        frames = request.num_frames if status == "completed" else 0
-        try:
-            metrics.record_job_finished(model, preset, stats, timings, status, frames=frames)
-            for seconds in step_seconds:
-                metrics.observe_step_seconds(model, preset, seconds)
-        except Exception:  # metrics are best effort: never fail a finished generation over them
-            logger.warning("pab: could not record job metrics", exc_info=True)
+        return await self._runner.run(job_id, take_over=take_over)

@@ -14,13 +14,16 @@ Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
   collectives (`outcome="issued"`) and bytes a broadcast made unnecessary (`outcome="skipped"`); issued + skipped is
   what the generation would have sent without PAB.
 - `ray_pab_frames_generated_total{model,preset}`: video frames of completed jobs.
-- `ray_pab_jobs_total{model,preset,status}`: jobs that reached a terminal status (`completed`, `failed`, ...).
+- `ray_pab_jobs_total{model,preset,status}`: jobs that reached a terminal status (`completed`, `failed`,
+  `cancelled`).
 - `ray_pab_jobs_rejected_total{reason}`: requests refused before a job existed (back-pressure: `queue_full`).
 - `ray_pab_queue_depth{state}`: jobs an ingress replica accepted, `waiting` (not yet on a generator) or `running`;
   sum over replicas for the cluster.
 - `ray_pab_generation_latency_seconds{model,preset,stage}` histogram, `stage` in `queue_wait`, `denoising`,
   `decode_encode`, `end_to_end`.
 - `ray_pab_denoising_step_seconds{model,preset}` histogram: one denoising step (all ranks, all CFG passes).
+- `ray_pab_batch_size{model}` histogram: jobs per engine batch (one denoising loop).
+- `ray_pab_job_reruns_total{model,reason}`: attempts started again after infrastructure lost one.
 
 Notes on Ray 2.60: a histogram's `_sum` is computed from bucket midpoints, so use the buckets (quantiles), not
 `_sum/_count`; a counter cannot be incremented by 0, so a series (e.g. `status="failed"`) exists only once it
@@ -33,13 +36,15 @@ import functools
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
+
+from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
 
 logger = logging.getLogger("ray.serve")
 
 ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
 
-# Which keys of a job's timings dict (seconds) make up each latency stage; absent keys are skipped.
+# Which `StageTimings` fields make up each latency stage; stages whose fields are all None are skipped.
 TIMING_KEYS: dict[str, tuple[str, ...]] = {
     "queue_wait": ("queue_wait_s",),
     "denoising": ("denoise_s",),
@@ -52,6 +57,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
 )
 STEP_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 _JOB_TAGS = ("model", "preset")
 
@@ -104,6 +110,13 @@ _SPECS: dict[str, _Spec] = {
     "step": _Spec(
         "histogram", "pab_denoising_step_seconds", "Wall time of one denoising step.", _JOB_TAGS, STEP_BUCKETS_S
     ),
+    "batch_size": _Spec(
+        "histogram", "pab_batch_size", "Jobs per denoising loop (one engine batch).", ("model",), BATCH_BUCKETS
+    ),
+    "reruns": _Spec(
+        "counter", "pab_job_reruns", "Job attempts started again after infrastructure lost one, by reason.",
+        ("model", "reason"),
+    ),
 }
 
 
@@ -151,56 +164,64 @@ def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
 def record_job_finished(
     model: str,
     preset: str,
-    stats: Mapping[str, Any] | None,
-    timings: Mapping[str, float] | None,
+    stats: GenerationStats | None,
     status: str,
     frames: int = 0,
 ) -> None:
-    """Book one job that reached a terminal status.
+    """Book one job that reached a terminal status (`completed`, `failed`, `cancelled`).
 
-    `stats` is `pab.stats.PABStats.to_dict()` of the generation (None when it failed before generating), `timings`
-    maps the keys in `TIMING_KEYS` to seconds, `frames` counts the frames of the finished video.
+    `stats` is the job's `pab.runtime.stats.GenerationStats` (None when it ended before generating): its PAB counts,
+    per-step seconds and stage timings; `frames` counts the frames of the finished video.
     """
     m = _metrics()
     tags = {"model": model, "preset": preset}
     m.jobs.inc(1, {**tags, "status": status})
-    if stats:
-        _record_stats(m, tags, stats)
-    for stage, seconds in stage_seconds(timings or {}).items():
-        m.latency.observe(seconds, {**tags, "stage": stage})
+    if stats is not None:
+        if stats.pab is not None:
+            _record_pab(m, tags, stats.pab)
+        for stage, seconds in stage_seconds(stats.timings).items():
+            m.latency.observe(seconds, {**tags, "stage": stage})
+        for seconds in stats.step_s:
+            m.step.observe(seconds, tags)
     _inc(m.frames, frames, tags)
 
 
-def stage_seconds(timings: Mapping[str, float]) -> dict[str, float]:
-    """Sum a job's timings into the latency stages; stages with none of their keys are left out."""
+def stage_seconds(timings: StageTimings) -> dict[str, float]:
+    """Sum a job's stage timings into the latency stages; stages with none of their fields set are left out."""
     out: dict[str, float] = {}
     for stage, keys in TIMING_KEYS.items():
-        present = [float(timings[k]) for k in keys if timings.get(k) is not None]
+        present = [float(getattr(timings, k)) for k in keys if getattr(timings, k) is not None]
         if present:
             out[stage] = sum(present)
     return out
 
 
-def _record_stats(m: SimpleNamespace, tags: dict[str, str], stats: Mapping[str, Any]) -> None:
-    kinds = stats.get("kinds", {})
+def _record_pab(m: SimpleNamespace, tags: dict[str, str], pab: PABCounts) -> None:
     for kind in ATTENTION_KINDS:
-        s = kinds.get(kind) or {}
-        _inc(m.attention_calls, s.get("calls", 0), {**tags, "kind": kind})
-        _inc(m.attention_broadcasts, s.get("broadcast", 0), {**tags, "kind": kind})
-    mlp = kinds.get("mlp") or {}
-    _inc(m.mlp_calls, mlp.get("calls", 0), tags)
-    _inc(m.mlp_broadcasts, mlp.get("broadcast", 0), tags)
-    comm = stats.get("comm", {})
-    for outcome in ("issued", "skipped"):
-        for kind, ops in comm.get(outcome, {}).items():
+        s = pab.kinds.get(kind)
+        if s is not None:
+            _inc(m.attention_calls, s.calls, {**tags, "kind": kind})
+            _inc(m.attention_broadcasts, s.broadcast, {**tags, "kind": kind})
+    mlp = pab.kinds.get("mlp")
+    if mlp is not None:
+        _inc(m.mlp_calls, mlp.calls, tags)
+        _inc(m.mlp_broadcasts, mlp.broadcast, tags)
+    for outcome, table in (("issued", pab.comm.issued), ("skipped", pab.comm.skipped)):
+        for kind, ops in table.items():
             for op, counter in ops.items():
-                _inc(m.collective_bytes, counter.get("bytes", 0), {**tags, "kind": kind, "op": op, "outcome": outcome})
+                _inc(m.collective_bytes, counter.bytes, {**tags, "kind": kind, "op": op, "outcome": outcome})
 
 
 @_never_raises
-def observe_step_seconds(model: str, preset: str, seconds: float) -> None:
-    """Book the wall time of one denoising step (call it from the generator's per-step callback)."""
-    _metrics().step.observe(seconds, {"model": model, "preset": preset})
+def observe_batch(model: str, size: int) -> None:
+    """Book one engine batch of `size` jobs."""
+    _metrics().batch_size.observe(size, {"model": model})
+
+
+@_never_raises
+def record_rerun(model: str, reason: str) -> None:
+    """Book a job attempt started again because infrastructure lost the previous one (`worker_lost`, ...)."""
+    _metrics().reruns.inc(1, {"model": model, "reason": reason})
 
 
 @_never_raises

@@ -15,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, Sequence
 
 import ray
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from pab.runtime.request.card import ModelCard
 from serve_app.config import AppConfig
-from serve_app.errors import invalid
-from serve_app.model_card import ModelCard
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
 
 logger = logging.getLogger("ray.serve")
@@ -43,14 +41,29 @@ class ReplicaUnavailableError(RuntimeError):
     """The replica's worker group broke before this request started on it: retry, another replica will take it."""
 
 
-@dataclass(frozen=True)
-class JobProgress:
-    """Where rank 0 reports per-step progress of a job (the job store), and how often."""
+class StepProgress:
+    """Rank 0's count of finished denoising steps, read by the replica while the batch runs (`GenerationWorker.progress`,
+    a second actor thread), and the batch's stop flag, set by the replica and agreed on by every rank at a step end."""
 
-    store_url: str
-    job_id: str
-    started_at: float
-    interval_s: float
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done, self.total, self.stop = 0, 0, False
+
+    def start(self, total: int) -> None:
+        with self._lock:
+            self.done, self.total, self.stop = 0, total, False
+
+    def step(self, done: int, total: int) -> None:
+        with self._lock:
+            self.done, self.total = done, total
+
+    def read(self) -> tuple[int, int]:
+        with self._lock:
+            return self.done, self.total
+
+
+class BatchStopped(RuntimeError):
+    """Every job of the batch was cancelled: the ranks stopped it together at a step end."""
 
 
 def _interface_for(address: str) -> str | None:
@@ -86,6 +99,7 @@ class GenerationWorker:
         torch.set_num_threads(config.torch_threads)
         self._listen_socket = None
         self._generator = None
+        self._progress = StepProgress()
 
     def node_address(self) -> str:
         return ray.util.get_node_ip_address()
@@ -142,74 +156,50 @@ class GenerationWorker:
             _lower_priority(cfg.cpu_generation_niceness)
         return ModelCard.from_generator(cfg.model_name, self._generator).model_dump(mode="json")
 
-    def generate(self, request: GenerationRequest, progress: JobProgress | None) -> GenerationResponse | None:
-        """Run one generation on this rank; rank 0 returns the encoded video, the other ranks None."""
-        from pab.runtime.request.params import GenerationParams
+    def progress(self) -> tuple[int, int]:
+        """(finished steps, total steps) of the batch running now; answered from a second actor thread."""
+        return self._progress.read()
+
+    def stop(self) -> None:
+        """Ask the running batch to stop at its next step end (every rank agrees before any stops)."""
+        self._progress.stop = True
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResponse] | None:
+        """Run one batch of resolved requests on this rank; rank 0 returns the encoded videos, other ranks None."""
         from pab.runtime.video import encode_spritesheet, encode_thumbnail, encode_video
 
-        on_step = _StepClock(progress) if self.rank == 0 else None
-        try:
-            result = self._generator.generate(
-                GenerationParams(**request.generation_kwargs()), pab=request.pab, on_step=on_step
-            )
-        except ValueError as exc:  # a request the model or the parallel split refuses; same on every rank
-            raise invalid(str(exc), param=getattr(exc, "field", None)) from None  # pickles across Ray
-        finally:
-            if on_step is not None:
-                on_step.close()
+        self._progress.start(batch[0].num_inference_steps)
+        results = self._generator.generate_batch(batch, on_step=self._on_step)
         if self.rank != 0:
             return None
-        start = time.perf_counter()
-        video = encode_video(result.frames, fps=request.fps, fmt=CONTENT_FORMATS["video"])
-        thumbnail = encode_thumbnail(result.frames, CONTENT_FORMATS["thumbnail"])
-        spritesheet = encode_spritesheet(result.frames, CONTENT_FORMATS["spritesheet"])
-        timings = {**result.timings, "encode_s": time.perf_counter() - start, "steps_s": on_step.step_seconds}
-        return GenerationResponse(
-            model=self.config.model_name,
-            video=video,
-            thumbnail=thumbnail,
-            spritesheet=spritesheet,
-            request=request,
-            stats=result.stats,
-            timings=timings,
-        )
+        responses = []
+        for result in results:
+            start = time.perf_counter()
+            video = encode_video(result.frames, fps=result.request.fps, fmt=CONTENT_FORMATS["video"])
+            thumbnail = encode_thumbnail(result.frames, CONTENT_FORMATS["thumbnail"])
+            spritesheet = encode_spritesheet(result.frames, CONTENT_FORMATS["spritesheet"])
+            stats = result.stats.with_timings(encode_s=time.perf_counter() - start)
+            responses.append(GenerationResponse(model=self.config.model_name, video=video, thumbnail=thumbnail,
+                                                spritesheet=spritesheet, request=result.request, stats=stats))
+        return responses
+
+    def _on_step(self, step: int, total: int) -> None:
+        """After each step: record progress, and stop the batch on every rank at once if the replica asked any."""
+        self._progress.step(step + 1, total)
+        if _agree(self._progress.stop, self.config.world_size):
+            raise BatchStopped(f"stopped after step {step + 1} of {total}: every job of the batch was cancelled")
 
 
-class _StepClock:
-    """Rank 0's `on_step`: times each denoising step and writes the job's progress to the store.
+def _agree(flag: bool, world_size: int) -> bool:
+    """True on every rank when any rank's flag is set (one tiny all-reduce; never counted as PAB traffic)."""
+    if world_size == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
 
-    The writes run on a background thread, one at a time (a step that finds one still in flight skips its own), so
-    a slow store (an object store: tens of ms a write) never holds up the denoising loop that the other ranks wait
-    on in their collectives. `close()` waits for the last write, so none lands after the job's final state.
-    """
-
-    def __init__(self, progress: JobProgress | None) -> None:
-        self._writer = self._executor = self._pending = None
-        if progress is not None:
-            from serve_app.store import JobStore, ProgressWriter
-
-            store = JobStore(progress.store_url)
-            self._writer = ProgressWriter(store, progress.job_id, progress.started_at, progress.interval_s)
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pab-progress")
-        self._last = time.perf_counter()
-        self.step_seconds: list[float] = []
-
-    def __call__(self, step: int, total: int) -> None:
-        now = time.perf_counter()
-        self.step_seconds.append(now - self._last)
-        self._last = now
-        if self._executor is not None and (self._pending is None or self._pending.done()):
-            self._pending = self._executor.submit(self._write, step + 1, total)  # `step` is the finished step's index
-
-    def _write(self, done: int, total: int) -> None:
-        try:
-            self._writer(done, total)
-        except Exception:  # progress is best effort: a failed write must not fail the generation
-            logger.warning("pab: could not write job progress", exc_info=True)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 class WorkerGroup:
@@ -224,7 +214,7 @@ class WorkerGroup:
         if placement_group is None:
             raise WorkerGroupError(
                 "the generator replica has no placement group; deploy it with placement_group_bundles "
-                "(serve_app.builder:build_app does) so its workers are reserved next to it"
+                "(serve_app.entrypoints.builder:build_app does) so its workers are reserved next to it"
             )
         self.config = config
         self.placement_group = placement_group
@@ -233,13 +223,15 @@ class WorkerGroup:
         self.startup: dict[str, float] = {}
         bundle = config.worker_bundle()
         actor_cls = ray.remote(GenerationWorker)
+        self.names = [f"{name_prefix}:rank{rank}" for rank in range(config.world_size)]
         self.workers = [
             actor_cls.options(
-                name=f"{name_prefix}:rank{rank}",
+                name=self.names[rank],
                 namespace=WORKER_NAMESPACE,
                 num_cpus=bundle["CPU"],
                 num_gpus=bundle.get("GPU", 0),
                 max_restarts=0,
+                max_concurrency=2,  # `progress`/`stop` answer while `generate` runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank
                 ),
@@ -268,27 +260,59 @@ class WorkerGroup:
     async def placements(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(w.placement.remote() for w in self.workers)))
 
-    async def run(self, request: GenerationRequest, progress: JobProgress | None = None) -> GenerationResponse:
-        """Generate on every rank; return rank 0's response, or raise as soon as any rank fails."""
+    async def run(
+        self,
+        batch: Sequence[GenerationRequest],
+        on_progress: Callable[[int, int], Awaitable[None]] | None = None,
+        poll_s: float = 0.5,
+    ) -> list[GenerationResponse]:
+        """Generate one batch on every rank; return rank 0's responses, or raise as soon as any rank fails.
+
+        While it runs, rank 0's step count is read every `poll_s` and handed to `on_progress(done, total)`."""
         if self.broken is not None:
             raise ReplicaUnavailableError(f"this generator replica is being replaced ({self.broken}); retry")
-        futures = [asyncio.ensure_future(w.generate.remote(request, progress)) for w in self.workers]
-        _, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+        futures = [asyncio.ensure_future(w.generate.remote(list(batch))) for w in self.workers]
+        watcher = asyncio.ensure_future(self._watch(futures, on_progress, poll_s)) if on_progress else None
+        try:
+            _, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if not pending and all(f.exception() is None for f in futures):
             return futures[0].result()
+        return await self._fail(futures, pending)
+
+    async def _watch(self, futures: list[asyncio.Future], on_progress: Callable[[int, int], Awaitable[None]],
+                     poll_s: float) -> None:
+        """Report rank 0's progress until the batch ends (a failed read only skips one report)."""
+        last = -1
+        while not all(f.done() for f in futures):
+            await asyncio.sleep(poll_s)
+            try:
+                done, total = await self.workers[0].progress.remote()
+            except Exception:
+                continue
+            if done != last:
+                last = done
+                await on_progress(done, total)
+
+    async def stop(self) -> None:
+        """Stop the running batch at its next step end, on every rank (`BatchStopped` then ends `run`)."""
+        await asyncio.gather(*(w.stop.remote() for w in self.workers), return_exceptions=True)
+
+    async def _fail(self, futures: list[asyncio.Future], pending: set[asyncio.Future]) -> list[GenerationResponse]:
         if pending:  # one rank failed while others still run: they are stuck in (or heading for) a collective
             _, pending = await asyncio.wait(pending, timeout=self.config.collective_grace_s)
         errors = {rank: f.exception() for rank, f in enumerate(futures) if f.done() and f.exception() is not None}
         dead = [rank for rank, exc in errors.items() if isinstance(exc, ray.exceptions.RayActorError)]
         if not dead and not pending:
-            raise _cause(errors[min(errors)])  # every rank finished: a request error, the group is still consistent
+            raise _cause(errors[min(errors)])  # every rank finished: the group is still consistent
         for future in pending:
             future.cancel()
         rank = dead[0] if dead else min(errors)
         self._break(f"worker rank {rank} of {len(self.workers)} failed: {_describe(errors[rank])}")
         raise WorkerGroupError(
-            f"{self.broken} during generation; this replica's worker group is broken and Serve is replacing it; "
-            "resubmit the request"
+            f"{self.broken} during generation; this replica's worker group is broken and Serve is replacing it"
         )
 
     def _break(self, reason: str) -> None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pab.runtime.request.api import api_name
+from pab.runtime.request.params import RequestError
+
 
 class APIError(Exception):
     """An error the client caused or should see; `to_body()` is what goes on the wire."""
@@ -50,14 +53,24 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_value")
     return InvalidRequestError(400, message, param=param, code=code)
 
 
-def limit_exceeded(limit: str, value: int, bound: int, param: str | None, hint: str) -> InvalidRequestError:
-    """A request above a configured limit; the message names the limit (as in the app config) and the fix."""
-    fix = f"reduce {param}" if param else "reduce frames, size or steps"
-    return InvalidRequestError(
-        400,
-        f"{hint}: {value} exceeds the limit {limit}={bound} configured for this server; {fix}",
-        param=param,
-        code="limit_exceeded",
+def from_request_error(exc: RequestError, *, api_names: bool = True, frames_from_seconds: bool = False) -> APIError:
+    """The one mapping of a resolver error (`pab.runtime.request.params.RequestError`) onto the wire: its status, code
+    and message, with `param` named as the client sent it (API names over HTTP, internal names for handle calls)."""
+    param = api_name(exc.field, frames_from_seconds=frames_from_seconds) if api_names else exc.field
+    if exc.status == 400:
+        return InvalidRequestError(400, str(exc), param=param, code=exc.code)
+    return APIError(exc.status, str(exc), param=param, code=exc.code)
+
+
+def queue_full(in_flight: int, max_jobs: int, retry_after_s: int) -> APIError:
+    """The 429 of back-pressure, when `in_flight` jobs have reached `max_jobs`: OpenAI's rate-limit shape."""
+    return APIError(
+        429,
+        f"the server's job queue is full: {in_flight} jobs are waiting or running here, the limit "
+        f"queue.max_jobs={max_jobs}; retry after {retry_after_s} s (no job was created for this request)",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers={"Retry-After": str(retry_after_s)},
     )
 
 

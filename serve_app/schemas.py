@@ -15,45 +15,16 @@ Fields left `None` take the served model's defaults; the response carries the va
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-PAB_FIELD_DOC = (
-    "PAB for this request: a preset name (e.g. 'PAB-246', 'none', 'reference'), or an object of overrides on top of "
-    "a preset: {'preset': 'PAB-357', 'spatial': {'range': 3}, 'mlp': null}; kinds: spatial, temporal, cross, mlp."
-)
+from pab.runtime.request.api import API_ALIASES
+from pab.runtime.request.request import PAB_FIELD_DOC, GenerationRequest
+from pab.runtime.stats import GenerationStats
 
-
-class GenerationRequest(BaseModel):
-    """One text-to-video generation, as the generator deployment takes it (field names as in `pab.runtime.pipelines`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    prompt: str = Field(min_length=1)
-    negative_prompt: str = ""
-    model: str | None = Field(None, description="must be the served model's name when given")
-    num_frames: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    width: int | None = Field(None, ge=1)
-    num_inference_steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    fps: int | None = Field(None, ge=1, le=120)
-    pab: str | dict[str, Any] | None = Field(None, description=PAB_FIELD_DOC)
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty or only whitespace")
-        return value
-
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The fields `pab.runtime.pipelines.GenerationParams` takes."""
-        return self.model_dump(exclude={"model", "pab"})
-
+__all__ = ["GenerationRequest", "GenerationResponse", "VideoCreateBody", "Video", "VideoList", "VideoDeleted", "Model",
+           "ModelList", "CONTENT_FORMATS"]
 
 CONTENT_FORMATS: dict[str, str] = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpeg"}
 """File format of each content variant (`GET /v1/videos/{id}/content?variant=...`), as OpenAI serves them."""
@@ -70,28 +41,13 @@ class GenerationResponse(BaseModel):
     thumbnail: bytes = Field(repr=False)
     spritesheet: bytes = Field(repr=False)
     request: GenerationRequest = Field(description="the request with every default resolved; replays identically")
-    stats: dict[str, Any] = Field(description="pab.stats.PABStats.to_dict() of rank 0: hit rates, comm bytes")
-    timings: dict[str, Any]
+    stats: GenerationStats = Field(description="what PAB did (rank 0's counts), step times and stage timings")
 
     def content(self, variant: str) -> bytes:
         return {"video": self.video, "thumbnail": self.thumbnail, "spritesheet": self.spritesheet}[variant]
 
 
 # ---- OpenAI Videos API ---------------------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """'WIDTHxHEIGHT' (OpenAI order) -> (width, height)."""
-    match = _SIZE.match(size)
-    if not match:
-        raise ValueError(f"size must look like 'WIDTHxHEIGHT' (e.g. '32x32'), got {size!r}")
-    width, height = int(match.group(1)), int(match.group(2))
-    if width < 1 or height < 1:
-        raise ValueError(f"size must be at least 1x1, got {size!r}")
-    return width, height
-
 
 class VideoCreateBody(BaseModel):
     r"""
@@ -107,9 +63,9 @@ class VideoCreateBody(BaseModel):
     seconds: float | None = Field(None, gt=0)
     size: str | None = None
     input_reference: Any = None
-    frames: int | None = Field(None, ge=1, validation_alias=AliasChoices("frames", "num_frames"))
-    steps: int | None = Field(None, ge=1, validation_alias=AliasChoices("steps", "num_inference_steps"))
-    guidance_scale: float | None = Field(None, ge=0, validation_alias=AliasChoices("guidance_scale", "guidance"))
+    frames: int | None = Field(None, ge=1, validation_alias=AliasChoices(*API_ALIASES["frames"]))
+    steps: int | None = Field(None, ge=1, validation_alias=AliasChoices(*API_ALIASES["steps"]))
+    guidance_scale: float | None = Field(None, ge=0, validation_alias=AliasChoices(*API_ALIASES["guidance_scale"]))
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     negative_prompt: str = ""
     fps: int | None = Field(None, ge=1, le=120)
@@ -127,7 +83,7 @@ class Video(BaseModel):
     id: str
     object: Literal["video"] = "video"
     model: str
-    status: Literal["queued", "in_progress", "completed", "failed"]
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
     progress: int
     created_at: int
     completed_at: int | None = None
@@ -141,6 +97,7 @@ class Video(BaseModel):
     fps: int
     seed: int
     steps: int
+    attempt: int = Field(0, description="runs of the job started so far (a job lost with its worker runs again)")
     pab: dict[str, Any] | None = Field(None, description="the PAB config the job runs with")
     stats: dict[str, Any] | None = Field(None, description="PAB hit rates per kind and communication saved")
     timings: dict[str, Any] | None = None

@@ -24,10 +24,13 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
-from .schemas import CONTENT_FORMATS, GenerationRequest
+from pab.runtime.request.request import GenerationRequest
+from pab.runtime.stats import GenerationStats
 
-JobStatus = Literal["queued", "in_progress", "completed", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+from .schemas import CONTENT_FORMATS
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 _ID_PREFIX = "video_"
 
 
@@ -48,15 +51,26 @@ class JobRecord(BaseModel):
 
 
 class JobState(BaseModel):
-    """Where the job is. No state file at all means `queued`."""
+    r"""
+    Where the job is. No state file at all means `queued`.
+
+    Args:
+        attempt: How many runs of the job have started (a job lost with its worker runs again, up to
+            `max_attempts`).
+        runner: The generator replica that runs (or last ran) the job.
+        lease_until: Until when `runner` holds the job; it renews the lease with every progress write, so a job
+            whose runner died can be taken over once the lease has passed.
+    """
 
     status: JobStatus = "queued"
     progress: int = 0
+    attempt: int = 0
+    runner: str | None = None
+    lease_until: float | None = None
     started_at: float | None = None
     completed_at: int | None = None
     error: dict[str, Any] | None = None
-    stats: dict[str, Any] | None = None
-    timings: dict[str, Any] | None = None
+    stats: GenerationStats | None = None
     updated_at: float = 0.0
 
     @property
@@ -155,8 +169,28 @@ class JobStore:
         if not self.exists(job_id):
             return False
         state = state.model_copy(update={"updated_at": time.time()})
-        self._write(self._path(job_id, "state.json"), state.model_dump_json().encode())
+        try:
+            self._write(self._path(job_id, "state.json"), state.model_dump_json().encode())
+        except FileNotFoundError:  # deleted between the check and the write: never bring its folder back
+            return False
         return True
+
+    def claim(self, job_id: str, attempt: int) -> bool:
+        """Take attempt number `attempt` of a job: True for exactly one caller (an exclusive create), so two
+        replicas, or two ingress replicas dispatching after a restart, never start the same attempt twice."""
+        path = self._path(job_id, f"claims/{attempt}")
+        try:
+            self._fs.makedirs(self._path(job_id, "claims"), exist_ok=True)
+            with self._fs.open(path, "xb") as f:
+                f.write(str(time.time()).encode())
+        except (FileExistsError, FileNotFoundError):
+            return False
+        return True
+
+    def claimed(self, job_id: str, attempt: int) -> bool:
+        """Whether some runner took attempt `attempt` (a runner that finds a later attempt claimed has lost the
+        job and must not record its result)."""
+        return self._fs.exists(self._path(job_id, f"claims/{attempt}"))
 
     def put_content(self, job_id: str, variant: str, data: bytes) -> None:
         self._write(self._path(job_id, f"{variant}.{CONTENT_FORMATS[variant]}"), data)
@@ -175,7 +209,7 @@ class JobStore:
         return f"{self._root}/models/{quote(name, safe='')}.json"
 
     def put_card(self, name: str, card_json: str) -> None:
-        """Publish a served model's card (`serve_app.model_card.ModelCard` JSON) for the ingress to read."""
+        """Publish a served model's card (`pab.runtime.request.card.ModelCard` JSON) for the ingress to read."""
         self._fs.makedirs(f"{self._root}/models", exist_ok=True)
         self._write(self._card_path(name), card_json.encode())
 
@@ -210,21 +244,20 @@ class JobStore:
         return records, False
 
 
-class ProgressWriter:
-    """The `on_step(step, total)` callback of a job: writes `in_progress` with the step fraction, at most every
-    `interval_s` seconds (the last step always), capped at 99 so only a stored video reads as 100."""
+class ProgressThrottle:
+    """Which progress reports of a running job are worth a store write: the step fraction as a percentage, at most
+    every `interval_s` seconds (the last step always), never backwards, capped at 99 so only a stored video reads
+    as 100. `__call__` returns the percentage to write, or None to skip."""
 
-    def __init__(self, store: JobStore, job_id: str, started_at: float, interval_s: float) -> None:
-        self._store, self._job_id, self._started_at, self._interval = store, job_id, started_at, interval_s
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
         self._last_write = float("-inf")
         self._last_progress = -1
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, step: int, total: int) -> int | None:
         progress = min(99, int(99 * step / max(total, 1)))
         now = time.monotonic()
         if progress <= self._last_progress or (step < total and now - self._last_write < self._interval):
-            return
-        self._store.set_state(
-            self._job_id, JobState(status="in_progress", progress=progress, started_at=self._started_at)
-        )
+            return None
         self._last_write, self._last_progress = now, progress
+        return progress

@@ -100,6 +100,7 @@ class PabApp:
     url: str
     config: Any
     store: Any
+    store_path: Path
 
     def client(self, api_key: str | None = TEST_API_KEY) -> "ApiClient":
         return ApiClient(self.url, api_key)
@@ -164,7 +165,7 @@ def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """The Videos API with the tiny Latte on 2 CPU workers per replica, an API key, and small limits."""
     from ray import serve
 
-    from serve_app.builder import APP_NAME, build_app
+    from serve_app.entrypoints.builder import APP_NAME, build_app
     from serve_app.config import AppConfig
     from serve_app.store import JobStore
 
@@ -181,7 +182,41 @@ def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         min_poll_after_ms=20,
         hold_poll_ms=300,  # the last 0.3 s of a job answer on completion; before that, every step's progress shows
         storage={"url": store_dir, "progress_interval_s": 0.0},
+        engine={"lease_s": 10.0},  # a job whose runner died is taken over within 10 s
     )
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    yield PabApp(url=serve_http, config=config, store=JobStore(store_dir))
+    yield PabApp(url=serve_http, config=config, store=JobStore(store_dir), store_path=Path(store_dir))
     serve.delete(APP_NAME)
+
+
+SHAPES_APP = "pab-shapes"
+SHAPES_ROUTE = "/shapes"
+
+
+@pytest.fixture(scope="session")
+def shapes_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PabApp]:
+    """A second app: the served default model (the trained tiny-shapes, whose pipeline batches exactly) on 2 CPU
+    workers, with batches of at most 3 jobs; its API under /shapes/v1/..."""
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.entrypoints.builder import build_app
+    from serve_app.store import JobStore
+
+    store_dir = str(tmp_path_factory.mktemp("shapes-store"))
+    config = AppConfig(
+        model="tiny-shapes",
+        sp_degree=2,
+        api_key=TEST_API_KEY,
+        defaults={"num_inference_steps": TEST_STEPS},
+        health_check_period_s=1.0,
+        collective_timeout_s=60.0,
+        poll_after_ms=100,
+        min_poll_after_ms=20,
+        storage={"url": store_dir, "progress_interval_s": 0.0},
+        engine={"max_batch_size": 3, "batch_wait_ms": 100, "lease_s": 10.0},
+        max_ongoing_requests=12,
+    )
+    serve.run(build_app(config), name=SHAPES_APP, route_prefix=SHAPES_ROUTE)
+    yield PabApp(url=serve_http + SHAPES_ROUTE, config=config, store=JobStore(store_dir), store_path=Path(store_dir))
+    serve.delete(SHAPES_APP)

@@ -5,21 +5,40 @@
 - CFG parallel (degree 2), composable with either.
 - Every collective runs inside the attention module's call, so a PAB broadcast skips it; bytes are reported to
   `pab.stats` and `pab.parallel.schedule` predicts them.
+
+The names below load on first use, so that `pab.parallel.config` and `pab.parallel.rules` (the split rules the
+request resolver checks in serving processes) do not import torch.
 """
 
-from .apply import ParallelHandle, apply_parallel, check_latents
-from .config import STRATEGIES, ParallelConfig, ParallelConfigError
-from .groups import ParallelGroups, bind_store_socket, build_groups, init_group
+from __future__ import annotations
 
-__all__ = [
-    "STRATEGIES",
-    "ParallelConfig",
-    "ParallelConfigError",
-    "ParallelGroups",
-    "ParallelHandle",
-    "apply_parallel",
-    "bind_store_socket",
-    "build_groups",
-    "check_latents",
-    "init_group",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ParallelHandle": "apply",
+    "apply_parallel": "apply",
+    "check_latents": "rules",
+    "STRATEGIES": "config",
+    "ParallelConfig": "config",
+    "ParallelConfigError": "config",
+    "ParallelGroups": "groups",
+    "bind_store_socket": "groups",
+    "build_groups": "groups",
+    "init_group": "groups",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,13 +19,13 @@ from .attention import DSPTemporalProcessor, UlyssesAttnProcessor
 from .cfg import BatchCFGHook, TwoPassCFGHook, swap_prompt_embeddings
 from .config import ParallelConfig, ParallelConfigError
 from .groups import ParallelGroups, build_groups
+from .rules import check_latents, latent_shape
 from .sharding import (
     GatherOutputHook,
     LatteFrameShardHook,
     ShapeCheckHook,
     TextVideoShardHook,
     TokenLayout,
-    require_divisible,
 )
 
 SP_HOOK = "pab_parallel_sp"
@@ -62,12 +62,7 @@ class ParallelHandle:
         """Request-time check of an output size (pixels) against the split; same rules as each forward applies."""
         frames = (num_frames - 1) // temporal_scale(pipeline) + 1
         scale = spatial_scale(pipeline)
-        channels = self.transformer.config.in_channels
-        if self.model == "cogvideox":
-            shape = (1, frames, channels, height // scale, width // scale)
-        else:
-            shape = (1, channels, frames, height // scale, width // scale)
-        self.validate_latents(shape)
+        self.validate_latents(latent_shape(self.model, self.transformer, frames, height // scale, width // scale))
 
     def remove(self) -> None:
         while self._undo:
@@ -75,48 +70,6 @@ class ParallelHandle:
         HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
         if getattr(self.transformer, "_pab_parallel", None) is self:
             del self.transformer._pab_parallel
-
-
-def video_tokens(model: str, transformer: torch.nn.Module, latent_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(latent frames, tokens per frame) of a transformer input of `latent_shape`."""
-    config = transformer.config
-    if model == "latte":  # [B, C, F, H, W]
-        _, _, frames, height, width = latent_shape
-        p = config.patch_size
-        return frames, (height // p) * (width // p)
-    if model == "cogvideox":  # [B, F, C, H, W]
-        _, frames, _, height, width = latent_shape
-        p, pt = config.patch_size, config.patch_size_t or 1
-        return -(-frames // pt), (height // p) * (width // p)
-    _, _, frames, height, width = latent_shape  # wan: [B, C, F, H, W], patch (t, h, w)
-    pt, ph, pw = config.patch_size
-    return frames // pt, (height // ph) * (width // pw)
-
-
-def check_latents(model: str, strategy: str, transformer: torch.nn.Module, n: int, latent_shape: tuple[int, ...]) -> None:
-    """The shape rules of each scheme; called per forward (before any collective, identically on every rank)."""
-    if n == 1:
-        return
-    frames, per_frame = video_tokens(model, transformer, latent_shape)
-    if model == "latte":
-        require_divisible(frames, n, "latent frames", "num_frames",
-                          "Latte shards frames over ranks: use a frame count that is a multiple of sp_degree")
-        if frames // n < 2:
-            raise ParallelConfigError(
-                f"latent frames = {frames} over sp_degree = {n} leaves {frames // n} frame per rank; Latte adds its "
-                f"temporal position embedding only to multi-frame inputs: use sp_degree <= {frames // 2}",
-                "sp_degree",
-            )
-        if strategy == "dsp":
-            require_divisible(per_frame, n, "tokens per frame", "height",
-                              "DSP re-shards the spatial tokens around temporal attention: choose height/width so "
-                              "(height/8/patch) x (width/8/patch) is a multiple of sp_degree")
-        return
-    if model == "cogvideox":
-        return  # any token count: padded to a multiple of sp_degree and masked (TextVideoShardHook)
-    require_divisible(frames * per_frame, n, "video tokens (latent frames x tokens per frame)", "num_frames",
-                      "Ulysses shards the token sequence: pick num_frames/height/width whose token count is a "
-                      "multiple of sp_degree")
 
 
 def _swap_processor(module: torch.nn.Module, processor: Any, undo: list[Callable[[], None]]) -> None:

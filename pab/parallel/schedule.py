@@ -16,7 +16,7 @@ import torch
 from ..adapters import MLP_KIND, adapter_for
 from ..config import PABConfig
 from ..stats import OTHER_KIND, PABStats
-from .apply import video_tokens
+from .rules import video_tokens
 from .comm import ALL_GATHER, ALL_TO_ALL
 from .config import ParallelConfig
 

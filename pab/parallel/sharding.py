@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
 from .comm import all_gather, shard
-from .config import ParallelConfigError
 
 
 class BoundCall:
@@ -136,8 +135,3 @@ class ShapeCheckHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         self.check(BoundCall(module, args, kwargs).get("hidden_states"))
         return args, kwargs
-
-
-def require_divisible(value: int, n: int, what: str, field: str, advice: str) -> None:
-    if value % n:
-        raise ParallelConfigError(f"{what} = {value} is not divisible by sp_degree = {n}; {advice}", field)

@@ -32,7 +32,7 @@ def deploy(name: str, route_prefix: str, store: str, **args: Any) -> ApiClient:
     """Run the app (tiny Latte, 2 workers per replica) as application `name` at `route_prefix`; wait until it serves."""
     from ray import serve
 
-    from serve_app.builder import build_app
+    from serve_app.entrypoints.builder import build_app
     from serve_app.config import AppConfig
 
     from tests.conftest import SERVE_HTTP_PORT

@@ -17,7 +17,7 @@ def main(store: str, port: int, jobs: int) -> dict:
     from ray import serve
 
     from deployments.generator import DEPLOYMENT_NAME
-    from serve_app.builder import APP_NAME, build_app
+    from serve_app.entrypoints.builder import APP_NAME, build_app
     from serve_app.config import AppConfig
     from tests.conftest import TEST_STEPS, ApiClient
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.autoscaling import VIDEO_AUTOSCALING_DEFAULTS, queue_full_error, resolve_autoscaling_config
-from serve_app.builder import generator_options
+from deployments.autoscaling import VIDEO_AUTOSCALING_DEFAULTS, resolve_autoscaling_config
+from serve_app.errors import queue_full
+from serve_app.entrypoints.builder import generator_options
 from serve_app.config import AppConfig
 
 
@@ -23,7 +24,7 @@ def test_app_config_overrides_win_and_reach_the_deployment_options() -> None:
     config = AppConfig(autoscaling_config={"max_replicas": 6, "downscale_delay_s": 60})
     options = generator_options(config)
     assert "num_replicas" not in options
-    assert options["max_ongoing_requests"] == 1
+    assert options["max_ongoing_requests"] == 2 * config.engine.max_batch_size
     assert options["autoscaling_config"] == {**VIDEO_AUTOSCALING_DEFAULTS, "max_replicas": 6, "downscale_delay_s": 60}
 
 
@@ -42,7 +43,7 @@ def test_bad_autoscaling_config_names_the_field(overrides: dict, message: str) -
 
 
 def test_queue_full_error_is_openai_shaped_with_retry_after() -> None:
-    error = queue_full_error(in_flight=5, max_jobs=5, retry_after_s=7)
+    error = queue_full(in_flight=5, max_jobs=5, retry_after_s=7)
     assert error.status_code == 429 and error.headers == {"Retry-After": "7"}
     body = error.to_body()["error"]
     assert set(body) == {"message", "type", "param", "code"}

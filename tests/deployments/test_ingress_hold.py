@@ -1,4 +1,5 @@
-"""The ingress holds a poll of a job that is about to finish (no Ray needed: the hold only awaits the job's task)."""
+"""The ingress holds a poll of a job that is about to finish (`Dispatcher.hold_until_finished`; no Ray needed: the
+hold only awaits the job's task)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,24 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from deployments.ingress import VideoIngress
-from serve_app.config import AppConfig
+from deployments.dispatch import Dispatcher
 from serve_app.store import JobState
 
-hold_until_finished = VideoIngress.func_or_class._hold_until_finished
+
+class _Held:
+    """A dispatcher following `tasks`, holding polls up to `hold_ms`."""
+
+    def __init__(self, tasks: dict, hold_ms: int) -> None:
+        self.dispatcher = SimpleNamespace(_tasks=tasks)
+        self.hold_s = hold_ms / 1000
 
 
-def _ingress(tasks: dict, hold_ms: int = 500) -> SimpleNamespace:
-    return SimpleNamespace(_dispatched=tasks, _config=AppConfig(hold_poll_ms=hold_ms))
+def _ingress(tasks: dict, hold_ms: int = 500) -> _Held:
+    return _Held(tasks, hold_ms)
+
+
+async def hold_until_finished(held: _Held, job_id: str, state: JobState) -> bool:
+    return await Dispatcher.hold_until_finished(held.dispatcher, job_id, state, held.hold_s)
 
 
 def _running(remaining_s: float) -> JobState:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from deployments import metrics
+from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
 
 
 class _Recorder:
@@ -42,8 +43,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     return fake
 
 
-def _stats() -> dict:
-    """The shape of pab.stats.PABStats.to_dict()."""
+def _stats(**timings: float) -> GenerationStats:
+    """A job's typed stats, its PAB counts frozen from a `pab.stats.PABStats`."""
     from pab.stats import PABStats
 
     stats = PABStats(preset="reference")
@@ -53,12 +54,12 @@ def _stats() -> dict:
     stats.book_issued("spatial", "all_to_all", 1000)
     stats.book_issued("other", "all_gather", 300)
     stats.book_skipped("spatial", "all_to_all", 600)
-    return stats.to_dict()
+    return GenerationStats(pab=PABCounts.from_pab(stats), step_s=(0.2, 0.3), timings=StageTimings(**timings))
 
 
 def test_a_finished_job_books_calls_broadcasts_bytes_frames_and_latencies(recorded: SimpleNamespace) -> None:
     timings = {"queue_wait_s": 0.5, "denoise_s": 3.0, "decode_s": 0.25, "encode_s": 0.125, "total_s": 4.0}
-    metrics.record_job_finished("tiny-latte", "reference", _stats(), timings, "completed", frames=8)
+    metrics.record_job_finished("tiny-latte", "reference", _stats(**timings), "completed", frames=8)
     tags = (("model", "tiny-latte"), ("preset", "reference"))
 
     calls, broadcasts = recorded.attention_calls.values, recorded.attention_broadcasts.values
@@ -77,10 +78,11 @@ def test_a_finished_job_books_calls_broadcasts_bytes_frames_and_latencies(record
     assert dict(recorded.jobs.values) == {tags + (("status", "completed"),): 1}
     stages = {dict(k)["stage"]: v for k, v in recorded.latency.observed.items()}
     assert stages == {"queue_wait": [0.5], "denoising": [3.0], "decode_encode": [0.375], "end_to_end": [4.0]}
+    assert list(recorded.step.observed.values()) == [[0.2, 0.3]]  # every denoising step of the job
 
 
 def test_a_failed_job_books_its_status_only(recorded: SimpleNamespace) -> None:
-    metrics.record_job_finished("m", "none", None, None, "failed")
+    metrics.record_job_finished("m", "none", None, "failed")
     assert dict(recorded.jobs.values) == {(("model", "m"), ("preset", "none"), ("status", "failed")): 1}
     assert not recorded.attention_calls.values and not recorded.latency.observed and not recorded.frames.values
 
@@ -89,8 +91,10 @@ def test_queue_depth_steps_and_rejections(recorded: SimpleNamespace) -> None:
     metrics.set_queue_depth(3, 1)
     metrics.set_queue_depth(2, 1)
     assert dict(recorded.queue_depth.values) == {(("state", "waiting"),): 2, (("state", "running"),): 1}
-    metrics.observe_step_seconds("m", "p", 0.2)
-    assert list(recorded.step.observed.values()) == [[0.2]]
+    metrics.observe_batch("m", 3)
+    assert list(recorded.batch_size.observed.values()) == [[3]]
+    metrics.record_rerun("m", "worker_lost")
+    assert dict(recorded.reruns.values) == {(("model", "m"), ("reason", "worker_lost")): 1}
     metrics.record_job_rejected()
     metrics.record_job_rejected()
     assert dict(recorded.rejected.values) == {(("reason", "queue_full"),): 2}
@@ -101,7 +105,7 @@ def test_a_metrics_failure_never_reaches_the_caller(monkeypatch: pytest.MonkeyPa
         raise RuntimeError("metrics backend down")
 
     monkeypatch.setattr(metrics, "_metrics", broken)
-    metrics.record_job_finished("m", "p", None, None, "completed")  # must not raise
+    metrics.record_job_finished("m", "p", None, "completed")  # must not raise
     assert "could not record metrics" in caplog.text
 
 
@@ -112,6 +116,8 @@ def test_exported_names_follow_prometheus_conventions() -> None:
         assert name.startswith("pab_")
         if spec.kind == "counter":
             assert name.endswith("_total")
-        if "seconds" in spec.description.lower() or spec.kind == "histogram":
+        if "seconds" in spec.description.lower() or spec.buckets in (metrics.LATENCY_BUCKETS_S, metrics.STEP_BUCKETS_S):
             assert name.endswith("_seconds")
+        elif spec.kind == "histogram":
+            assert name.endswith("_size")  # a count per event (jobs per batch)
     assert "pab_collective_bytes_total" in names  # unit before _total

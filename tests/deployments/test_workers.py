@@ -1,39 +1,35 @@
-"""Worker-side pieces that need no Ray cluster: rank 0's step clock (progress off the denoising loop) and the
-interface lookup that pins gloo to the node address."""
+"""Worker-side pieces that need no Ray cluster: rank 0's step count (read by the replica from another actor thread),
+the stop agreement, and the interface lookup that pins gloo to the node address. (The store writes of progress moved
+to the replica's runner: tests/deployments/test_engine.py.)"""
 
 from __future__ import annotations
 
+import threading
 import time
 
-from deployments.workers import JobProgress, _interface_for, _StepClock
-from serve_app.schemas import GenerationRequest
-from serve_app.store import JobRecord, JobStore, new_job_id
+from deployments.workers import StepProgress, _agree, _interface_for
 
 
-def test_step_clock_writes_progress_in_the_background_and_flushes_on_close(tmp_path):
-    store = JobStore(str(tmp_path))
-    now = time.time()
-    record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now, request=GenerationRequest(prompt="a"))
-    store.create(record)
-    clock = _StepClock(JobProgress(str(tmp_path), record.id, started_at=now, interval_s=0.0))
+def test_step_progress_is_read_from_another_thread_while_steps_run():
+    progress = StepProgress()
+    progress.start(10)
+    seen = []
+    reader = threading.Thread(target=lambda: [seen.append(progress.read()) or time.sleep(0.001) for _ in range(50)])
+    reader.start()
     for step in range(10):
-        clock(step, 10)
-        time.sleep(0.01)
-    clock.close()
-    state = store.state(record.id)
-    assert state.status == "in_progress" and 0 < state.progress <= 99 and state.started_at == now
-    assert len(clock.step_seconds) == 10
-    written = state.updated_at
-    time.sleep(0.05)
-    assert store.state(record.id).updated_at == written  # nothing lands after close()
+        progress.step(step + 1, 10)
+        time.sleep(0.002)
+    reader.join()
+    assert progress.read() == (10, 10)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and {t for _, t in seen} == {10}  # never backwards, always the batch's total
+    progress.stop = True
+    progress.start(5)  # a new batch starts un-stopped
+    assert progress.read() == (0, 5) and not progress.stop
 
 
-def test_step_clock_without_a_job_only_times_steps():
-    clock = _StepClock(None)
-    clock(0, 2)
-    clock(1, 2)
-    clock.close()
-    assert len(clock.step_seconds) == 2
+def test_one_rank_agrees_with_itself():
+    assert _agree(True, 1) and not _agree(False, 1)
 
 
 def test_gloo_interface_for_the_node_address():

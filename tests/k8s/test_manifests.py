@@ -144,7 +144,7 @@ def test_core_validation_can_fail() -> None:
 def test_serve_config_parses_with_ray_serve_schema_and_resolves_to_our_builder(variant: str) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_app.builder import build_app, generator_options
+    from serve_app.entrypoints.builder import build_app, generator_options
     from serve_app.config import AppConfig
 
     serve_config = yaml.safe_load(RAYSERVICES[variant]["spec"]["serveConfigV2"])

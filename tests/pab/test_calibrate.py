@@ -66,7 +66,7 @@ def test_predicted_fraction_equals_measured_hit_rate(generator, config):
     assert len(timesteps) == STEPS
     result = generator.generate(GenerationParams(prompt=PROMPT, seed=0, num_inference_steps=STEPS), pab=config)
     predicted = broadcast_fraction(config, timesteps, {"spatial": 2, "temporal": 2, "cross": 2})
-    assert predicted == pytest.approx(result.stats["attention"]["hit_rate"], abs=1e-12)
+    assert predicted == pytest.approx(result.stats.pab.attention.hit_rate, abs=1e-12)
     assert predicted > 0
 
 
@@ -83,7 +83,7 @@ def test_calibrate_beats_the_baseline_or_says_why(generator):
     if res.config is not None:
         assert res.chosen.psnr >= res.baseline.psnr and res.chosen.broadcast > res.baseline.broadcast
         again = generator.generate(GenerationParams(prompt=PROMPT, seed=0, num_inference_steps=STEPS), pab=res.config)
-        assert again.stats["attention"]["hit_rate"] == pytest.approx(res.chosen.broadcast)
+        assert again.stats.pab.attention.hit_rate == pytest.approx(res.chosen.broadcast)
     else:
         assert "no candidate" in res.verdict
     impossible = calibrate(generator, prof, [PROMPT], [0], psnr_floor=1e9, max_trials=2, num_inference_steps=STEPS)

@@ -4,7 +4,7 @@ import json
 
 from pab.runtime.tools.cli import main
 from pab.config import PABConfig
-from serve_app.cli import build_parser
+from serve_app.entrypoints.cli import build_parser
 
 COMMON = ["--model", "tiny-latte", "--prompt", "a cat runs", "--seeds", "0", "--steps", "6"]
 

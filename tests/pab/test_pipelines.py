@@ -141,7 +141,7 @@ def test_generator_resolve_fills_defaults_and_draws_a_seed():
 
 @pytest.mark.parametrize("name,text_len", [("tiny-latte", None), ("tiny-cogvideox", 16), ("tiny-wan", 32)])
 def test_call_kwargs_speak_each_pipelines_dialect(name, text_len):
-    kwargs = generator_module._call_kwargs(BUILDERS[name](), _params(num_frames=8))
+    kwargs = generator_module._call_kwargs(BUILDERS[name](), [_params(num_frames=8)])
     assert kwargs.get("max_sequence_length") == text_len  # CogVideoX: its text positions; Wan: the tokenizer's limit
     assert kwargs["video_length" if name == "tiny-latte" else "num_frames"] == 8
     assert kwargs["output_type"] == "np"
@@ -162,9 +162,11 @@ def test_generate_returns_requested_shape_seeded_frames_and_timings(name):
     first = gen.generate(_params(seed=11, height=32, width=16))
     assert first.frames.shape == (frames, 32, 16, 3) and first.frames.dtype == np.uint8
     assert first.params.num_frames == frames and first.params.seed == 11
-    assert set(first.timings) == {"denoise_s", "decode_s", "total_s"}
-    assert min(first.timings.values()) >= 0
-    assert first.timings["total_s"] == pytest.approx(first.timings["denoise_s"] + first.timings["decode_s"])
+    timings = first.stats.timings.to_api()
+    assert set(timings) == {"denoise_s", "decode_s", "generate_s", "share_s"}  # one meaning each (StageTimings)
+    assert min(timings.values()) >= 0
+    assert timings["generate_s"] == pytest.approx(timings["denoise_s"] + timings["decode_s"])
+    assert timings["share_s"] == timings["generate_s"] and first.stats.batch_size == 1  # alone: the whole call
     again = gen.generate(_params(seed=11, height=32, width=16))
     other = gen.generate(_params(seed=12, height=32, width=16))
     assert np.array_equal(first.frames, again.frames)
@@ -197,10 +199,15 @@ def test_raising_from_on_step_aborts_and_the_generator_stays_usable():
     clean = VideoGenerator(tiny_latte_pipeline(), "PAB-246").generate(_params(num_inference_steps=10))
     after = gen.generate(_params(num_inference_steps=10))
     assert np.array_equal(after.frames, clean.frames)
-    assert after.stats == clean.stats
+    assert after.stats.pab == clean.stats.pab
 
 
 # ------------------------------------------------------------------------------------------------------- PAB
+
+
+def _pab(result) -> dict:
+    """The PAB counts of a result as the API shows them (`PABCounts` JSON, the shape of `PABStats.to_dict()`)."""
+    return result.stats.pab.model_dump()
 
 
 def _consistent(stats: dict) -> None:
@@ -212,7 +219,7 @@ def _consistent(stats: dict) -> None:
 def test_pab_stats_are_consistent_and_broadcast_in_the_window(name, passes):
     gen = VideoGenerator(load_pipeline(name), "PAB-246")
     steps, layers = 10, 2
-    stats = gen.generate(_params(num_inference_steps=steps)).stats
+    stats = _pab(gen.generate(_params(num_inference_steps=steps)))
     _consistent(stats)
     spatial = stats["kinds"]["spatial"]
     assert spatial["calls"] == steps * layers * passes  # one call per block per forward, both CFG passes on Wan
@@ -238,9 +245,9 @@ def test_preset_none_matches_a_plain_pipeline_call_bit_for_bit():
     ).frames[0]
     result = VideoGenerator(tiny_latte_pipeline(), "none").generate(params)
     assert np.array_equal(result.frames, to_uint8(plain))
-    _consistent(result.stats)
-    assert result.stats["attention"]["broadcast"] == 0
-    assert result.stats["attention"]["calls"] == 6 * 2 * 3  # steps x layers x (spatial, temporal, cross)
+    _consistent(_pab(result))
+    assert _pab(result)["attention"]["broadcast"] == 0
+    assert _pab(result)["attention"]["calls"] == 6 * 2 * 3  # steps x layers x (spatial, temporal, cross)
 
 
 def test_pab_changes_frames_a_little_and_per_request_override_does_not_stick():
@@ -250,8 +257,8 @@ def test_pab_changes_frames_a_little_and_per_request_override_does_not_stick():
     fast = gen.generate(params, pab="PAB-579")
     as_dict = gen.generate(params, pab=get_preset("PAB-579", "latte").to_dict())
     back = gen.generate(params)
-    assert base.stats["attention"]["broadcast"] == 0 and back.stats["attention"]["broadcast"] == 0
-    assert fast.stats["attention"]["broadcast"] > 0 and fast.stats["preset"] == "PAB-579"
+    assert _pab(base)["attention"]["broadcast"] == 0 and _pab(back)["attention"]["broadcast"] == 0
+    assert _pab(fast)["attention"]["broadcast"] > 0 and _pab(fast)["preset"] == "PAB-579"
     assert not np.array_equal(fast.frames, base.frames)
     assert np.array_equal(fast.frames, as_dict.frames)
     assert np.array_equal(base.frames, back.frames)
@@ -274,7 +281,7 @@ def test_model_without_adapter_runs_unhooked(monkeypatch):
     gen = VideoGenerator(tiny_latte_pipeline())
     assert gen.pab_handle is None
     result = gen.generate(_params())
-    assert result.stats == {} and result.frames.shape == (8, 16, 16, 3)
+    assert result.stats.pab is None and result.frames.shape == (8, 16, 16, 3)
     with pytest.raises(UnsupportedModelError):
         VideoGenerator(tiny_latte_pipeline(), "PAB-246")
 

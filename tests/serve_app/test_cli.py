@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pab.runtime.video import decode_video
-from serve_app import cli
+from serve_app.entrypoints import cli
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_app" / "configs" / "serve_cpu.yaml"
 
@@ -45,7 +45,7 @@ def test_generate_writes_a_video_without_ray(tmp_path):
     out = tmp_path / "square.mp4"
     script = (
         "import sys\n"
-        "from serve_app import cli\n"
+        "from serve_app.entrypoints import cli\n"
         f"code = cli.main(['generate', 'a red square moving left', '--seed', '3', '-o', {str(out)!r}])\n"
         "assert 'ray' not in sys.modules, 'pab generate imported ray'\n"
         "sys.exit(code)\n"

@@ -8,9 +8,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.builder import build_app, generator_options
+from serve_app.entrypoints.builder import build_app, generator_options
 from serve_app.config import AppConfig
-from serve_app.errors import APIError
+from pab.runtime.request.params import RequestError
+from pab.runtime.request.resolve import check_limits
+from serve_app.errors import APIError, from_request_error
 from serve_app.schemas import GenerationRequest
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_app" / "configs"
@@ -30,7 +32,7 @@ def test_gpu_bundles_and_degrees():
     assert options["placement_group_strategy"] == "STRICT_PACK"
     assert options["placement_group_bundles"] == config.placement_group_bundles()
     assert options["ray_actor_options"] == {"num_cpus": 0, "num_gpus": 0}  # the replica fits in bundle 0
-    assert options["max_ongoing_requests"] == 1
+    assert options["max_ongoing_requests"] == 2 * config.engine.max_batch_size  # a batch running, one queued
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,7 @@ def test_api_key_literal_or_from_environment(monkeypatch):
 def test_limits_name_the_limit_and_the_field():
     limits = AppConfig(limits={"max_frames": 16, "max_pixels": 1024, "max_steps": 50, "max_work": 100_000}).limits
     ok = GenerationRequest(prompt="a cat", num_frames=8, width=32, height=32, num_inference_steps=10)
-    limits.check(ok)
+    check_limits(ok, limits)
     cases = [
         ({"num_frames": 17}, "frames", "max_frames=16"),
         ({"width": 64}, "size", "max_pixels=1024"),
@@ -69,10 +71,11 @@ def test_limits_name_the_limit_and_the_field():
         ({"num_frames": 16, "num_inference_steps": 50}, None, "max_work=100000"),
     ]
     for change, param, words in cases:
-        with pytest.raises(APIError) as info:
-            limits.check(ok.model_copy(update=change))
-        assert (info.value.status_code, info.value.param, info.value.code) == (400, param, "limit_exceeded")
-        assert words in info.value.message
+        with pytest.raises(RequestError) as raised:
+            check_limits(ok.model_copy(update=change), limits)
+        error = from_request_error(raised.value)  # as the ingress answers it
+        assert (error.status_code, error.param, error.code) == (400, param, "limit_exceeded")
+        assert words in error.message
 
 
 def test_serve_config_yaml_parses_and_builds():
@@ -80,7 +83,7 @@ def test_serve_config_yaml_parses_and_builds():
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load((CONFIGS / "serve_cpu.yaml").read_text()))
     app = schema.applications[0]
-    assert app.import_path == "serve_app.builder:build_app"
+    assert app.import_path == "serve_app.entrypoints.builder:build_app"
     config = AppConfig.model_validate(app.args)
     assert config.world_size == 2 and config.device == "cpu"
     assert build_app(config) is not None  # binding needs no running Ray

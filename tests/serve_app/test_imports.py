@@ -11,8 +11,10 @@ import sys
 
 from tests.conftest import REPO_ROOT
 
-LIGHT_MODULES = ("deployments.generator", "deployments.ingress", "deployments.workers", "serve_app.builder",
-                 "serve_app.model_card", "pab.runtime.request.params", "pab.config", "pab.presets")
+LIGHT_MODULES = ("deployments.generator", "deployments.ingress", "deployments.workers", "deployments.engine",
+                 "deployments.runner", "deployments.dispatch", "serve_app.entrypoints.builder", "serve_app.videos",
+                 "pab.runtime.request.resolve", "pab.runtime.request.card", "pab.runtime.stats", "pab.config",
+                 "pab.presets", "pab.parallel.rules")
 
 
 def test_serving_modules_do_not_import_torch_or_diffusers():

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from serve_app.schemas import GenerationRequest
-from serve_app.store import JobRecord, JobState, JobStore, ProgressWriter, new_job_id
+from serve_app.store import JobRecord, JobState, JobStore, ProgressThrottle, new_job_id
 
 
 def _record(store: JobStore, prompt: str = "a cat") -> JobRecord:
@@ -69,22 +69,15 @@ def test_ids_cannot_leave_the_store(store, bad):
     assert not store.exists(bad)
 
 
-def test_progress_writer_is_monotonic_capped_and_throttled(tmp_path):
-    store = JobStore(str(tmp_path))
-    record = _record(store)
-    writer = ProgressWriter(store, record.id, started_at=1, interval_s=3600.0)
-    writer(1, 4)
-    assert store.state(record.id).progress == 24 and store.state(record.id).status == "in_progress"
-    writer(2, 4)  # inside the interval: skipped
-    assert store.state(record.id).progress == 24
-    writer(4, 4)  # the last step is always written, capped below 100 until the video is stored
-    assert store.state(record.id).progress == 99
-    unthrottled = ProgressWriter(store, record.id, started_at=1, interval_s=0.0)
-    seen = []
-    for step in range(1, 11):
-        unthrottled(step, 10)
-        seen.append(store.state(record.id).progress)
-    assert seen == sorted(seen) and seen[-1] == 99 and len(set(seen)) == 10
+def test_progress_throttle_is_monotonic_capped_and_throttled():
+    throttle = ProgressThrottle(interval_s=3600.0)
+    assert throttle(1, 4) == 24
+    assert throttle(2, 4) is None  # inside the interval: skipped
+    assert throttle(4, 4) == 99  # the last step is always written, capped below 100 until the video is stored
+    unthrottled = ProgressThrottle(interval_s=0.0)
+    seen = [unthrottled(step, 10) for step in range(1, 11)]
+    assert None not in seen and seen == sorted(seen) and seen[-1] == 99 and len(set(seen)) == 10
+    assert unthrottled(10, 10) is None  # never the same value twice
 
 
 def test_poll_hint_is_half_the_estimated_remaining_time_within_bounds():

@@ -7,11 +7,10 @@ seeding, progress reporting, PAB application and per-request PAB overrides behav
 from __future__ import annotations
 
 import math
-import secrets
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,9 +20,19 @@ from pab.adapters import UnsupportedModelError, adapter_for
 from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
-from pab.presets import get_preset
 from pab.runtime.pipelines.loading import call_defaults, pipeline_defaults
-from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
+from pab.runtime.request.card import ModelCard
+from pab.runtime.request.params import GenerationParams
+from pab.runtime.pipelines.batching import decode_per_sample, make_batch_invariant
+from pab.runtime.request.request import GenerationRequest, batch_key
+from pab.runtime.request.resolve import resolve, resolve_pab
+from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
+
+BATCH_VARIANT_PIPELINES: dict[str, str] = {
+    "LattePipeline": "diffusers' Latte pipeline truncates a lone prompt's text embedding to its tokens but zero-pads "
+    "a batch's to the longest, so a video made in a batch would differ from the same request alone",
+}
+"""Pipelines whose output depends on the batch a request runs in: their requests run one at a time."""
 
 OnStep = Callable[[int, int], None]
 """`on_step(step_index, total_steps)`, called after each denoising step; raising from it aborts the generation."""
@@ -34,31 +43,43 @@ class GenerationResult:
     r"""
     Args:
         frames (`np.ndarray`): uint8 [F, H, W, 3].
-        stats (`dict`): `PABStats.to_dict()` of this generation (empty when the model has no PAB adapter).
-        timings (`dict`): `denoise_s` (prompt encoding + denoising loop), `decode_s` (VAE decode + conversion to
-            uint8), `total_s`.
-        params (`GenerationParams`): The resolved parameters, seed included: rerunning them reproduces the frames.
-        pab (`dict`, *optional*): `PABConfig.to_dict()` of the setting this generation ran with (None when unhooked).
+        stats (`GenerationStats`): PAB counts (None when the model has no PAB adapter), per-step seconds and the
+            stage timings `denoise_s` (prompt encoding + denoising loop), `decode_s` (VAE decode + conversion to
+            uint8) and `generate_s` (both).
+        request (`GenerationRequest`): The resolved request, seed and PAB config included: rerunning it reproduces the
+            frames.
     """
 
     frames: np.ndarray
-    stats: dict[str, Any]
-    timings: dict[str, float]
-    params: GenerationParams
-    pab: dict[str, Any] | None = field(default=None)
+    stats: GenerationStats
+    request: GenerationRequest
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.request.params()
+
+    @property
+    def pab(self) -> dict[str, Any] | None:
+        """`PABConfig.to_dict()` of the setting this generation ran with (None when unhooked)."""
+        return self.request.pab
 
 
-def _call_kwargs(pipeline: DiffusionPipeline, params: GenerationParams) -> dict[str, Any]:
-    """Map params onto this pipeline's `__call__` (Latte says `video_length`, CogVideoX wants its text length)."""
+def _call_kwargs(pipeline: DiffusionPipeline, batch: Sequence[GenerationParams]) -> dict[str, Any]:
+    """Map a batch of compatible params onto this pipeline's `__call__` (Latte says `video_length`, CogVideoX wants
+    its text length); one prompt and one seeded generator per sample."""
     accepted = call_defaults(pipeline)
+    params = batch[0]
+    scales = [p.guidance_scale for p in batch]
     kwargs: dict[str, Any] = {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
+        "prompt": [p.prompt for p in batch] if len(batch) > 1 else params.prompt,
+        "negative_prompt": [p.negative_prompt for p in batch] if len(batch) > 1 else params.negative_prompt,
         "height": params.height,
         "width": params.width,
         "num_inference_steps": params.num_inference_steps,
-        "guidance_scale": params.guidance_scale,
+        "guidance_scale": scales[0] if len(set(scales)) == 1 else scales,
         "output_type": "np",
+        "generator": [torch.Generator(device="cpu").manual_seed(p.seed) for p in batch] if len(batch) > 1
+        else torch.Generator(device="cpu").manual_seed(params.seed),
     }
     kwargs["video_length" if "video_length" in accepted else "num_frames"] = params.num_frames
     if "clean_caption" in accepted:
@@ -113,76 +134,117 @@ class VideoGenerator:
         self._handle: PABHandle | None = (
             apply_pab(pipeline.transformer, self.pab_config, self.adapter) if self.adapter is not None else None
         )
+        make_batch_invariant(pipeline.transformer)
+        if getattr(pipeline, "vae", None) is not None:
+            decode_per_sample(pipeline.vae)
         self._lock = threading.Lock()
+        self._card: ModelCard | None = None
 
     @property
     def pab_handle(self) -> PABHandle | None:
         return self._handle
 
+    @property
+    def batch_variance(self) -> str | None:
+        """Why this pipeline cannot batch requests without changing their videos, or None when it can."""
+        return BATCH_VARIANT_PIPELINES.get(type(self.pipeline).__name__)
+
+    @property
+    def card(self) -> ModelCard:
+        """What the resolver checks requests against (the serving layer publishes the same card)."""
+        if self._card is None:
+            self._card = ModelCard.from_generator(type(self.pipeline).__name__, self)
+        return self._card
+
     def resolve_pab(self, pab: PABConfig | str | Mapping[str, Any] | None) -> PABConfig:
-        """A preset name, a config dict (`PABConfig.to_dict()` form) or a config -> `PABConfig` for this model."""
+        """A preset name, a config mapping (on top of "none") or a config -> `PABConfig` for this model."""
         if pab is None:
             return PABConfig.disabled()
         if isinstance(pab, PABConfig):
             return pab
         if self.adapter is None:
-            raise UnsupportedModelError(f"{type(self.pipeline.transformer).__name__} has no PAB adapter; use pab=None")
-        if isinstance(pab, str):
-            return get_preset(pab, self.adapter)
-        if isinstance(pab, Mapping):
-            return PABConfig.from_dict(pab)
-        raise PABConfigError(f"pab must be a preset name, a config mapping or a PABConfig, got {type(pab).__name__}")
+            raise UnsupportedModelError(f"{type(self.pipeline).__name__} has no PAB adapter; use pab=None")
+        if not isinstance(pab, (str, Mapping)):
+            raise PABConfigError(f"pab must be a preset name, a config mapping or a PABConfig, got {type(pab).__name__}")
+        return resolve_pab(pab, self.adapter.name)
+
+    def resolve_request(
+        self, params: GenerationParams | GenerationRequest, pab: PABConfig | str | Mapping[str, Any] | None = None
+    ) -> GenerationRequest:
+        """Resolve a library call with the serving layer's resolver (`pab.runtime.request.resolve`) on this card."""
+        if isinstance(params, GenerationParams):
+            params = GenerationRequest(**params.to_dict())
+        if pab is not None:  # parsed here, so a library caller's bad setting is a PABConfigError
+            params = params.model_copy(update={"pab": self.resolve_pab(pab).to_dict()})
+        return resolve(params, self.card, default_pab=self.pab_config or "none")
 
     def resolve(self, params: GenerationParams) -> GenerationParams:
         """Fill `None` fields from the model defaults, draw a seed if none, and validate against the pipeline."""
-        filled = {k: self.defaults[k] for k in self.defaults if getattr(params, k, None) is None}
-        if params.seed is None:
-            filled["seed"] = secrets.randbelow(MAX_SEED + 1)
-        resolved = replace(params, **filled)
-        validate_params(self.pipeline, resolved)
-        if self.parallel is not None:  # the size must also split over the replica's ranks (pab.parallel)
-            try:
-                self.parallel.validate_request(self.pipeline, resolved.num_frames, resolved.height, resolved.width)
-            except ValueError as exc:
-                raise GenerationParamsError(getattr(exc, "field", None) or "num_frames", str(exc)) from exc
-        return resolved
+        return self.resolve_request(params).params()
 
     def generate(
         self,
-        params: GenerationParams,
+        request: GenerationParams | GenerationRequest,
         *,
         pab: PABConfig | str | Mapping[str, Any] | None = None,
         on_step: OnStep | None = None,
     ) -> GenerationResult:
-        """Generate one video. `pab` overrides the default PAB setting for this request only."""
-        params = self.resolve(params)
-        config = self.resolve_pab(pab) if pab is not None else self.pab_config
-        kwargs = _call_kwargs(self.pipeline, params)
+        """Generate one video. A resolved `GenerationRequest` (the serving path) runs as it is; anything else is
+        resolved first. `pab` overrides the default PAB setting for this request only."""
+        return self.generate_batch([self._resolved(request, pab)], on_step=on_step)[0]
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], *, on_step: OnStep | None = None) -> list[GenerationResult]:
+        """Generate several resolved, compatible requests in one denoising loop (one PAB schedule for all).
+
+        Each sample keeps its own seed and prompt, and the transformer is batch-invariant, so every video is the one
+        it would be alone. Raises `ValueError` when the requests do not share a `batch_key`."""
+        resolved = [self._resolved(r, None) for r in requests]
+        keys = {batch_key(r, per_sample_guidance=self.card.per_sample_guidance) for r in resolved}
+        if len(keys) != 1:
+            raise ValueError(f"a batch needs requests with one batch key (size, frames, steps, PAB, guidance); got {len(keys)}")
+        if len(resolved) > 1 and self.batch_variance is not None:
+            raise ValueError(f"{type(self.pipeline).__name__} cannot batch requests: {self.batch_variance}")
+        pab = resolved[0].pab
+        config = PABConfig.from_dict(pab) if pab is not None else None
+        batch = [r.params() for r in resolved]
         with self._lock:
-            if self._handle is not None:
-                if self._handle.config != config:
-                    self._handle.configure(config)
-                self._handle.reset()
-            marks = {"start": time.perf_counter()}
-            marks["denoised"] = marks["start"]
+            frames, stats = self._run(batch, config, on_step)
+        expected = (batch[0].num_frames, batch[0].height, batch[0].width, 3)
+        if frames.shape[1:] != expected:
+            raise RuntimeError(f"pipeline returned frames {frames.shape[1:]}, expected {expected}; validate_params misses a rule")
+        return [GenerationResult(f, stats, r) for f, r in zip(frames, resolved)]
 
-            def step_end(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                marks["denoised"] = time.perf_counter()
-                if on_step is not None:
-                    on_step(step, pipe.num_timesteps or params.num_inference_steps)
-                return {}
+    def _resolved(self, request: GenerationParams | GenerationRequest, pab: Any) -> GenerationRequest:
+        if isinstance(request, GenerationRequest) and request.resolved:
+            if pab is not None:
+                raise ValueError("a resolved request carries its PAB setting; resolve it again to change pab")
+            return request
+        return self.resolve_request(request, pab)
 
-            generator = torch.Generator(device="cpu").manual_seed(params.seed)
-            output = self.pipeline(**kwargs, generator=generator, callback_on_step_end=step_end)
-            frames = to_uint8(output.frames[0])
-            end = time.perf_counter()
-            stats = self._handle.stats.to_dict() if self._handle is not None else {}
-        expected = (params.num_frames, params.height, params.width, 3)
-        if frames.shape != expected:
-            raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}; validate_params misses a rule")
-        timings = {
-            "denoise_s": marks["denoised"] - marks["start"],
-            "decode_s": end - marks["denoised"],
-            "total_s": end - marks["start"],
-        }
-        return GenerationResult(frames, stats, timings, params, config.to_dict() if self._handle is not None else None)
+    def _run(
+        self, batch: list[GenerationParams], config: PABConfig | None, on_step: OnStep | None
+    ) -> tuple[np.ndarray, GenerationStats]:
+        """One pipeline call under the lock: PAB configured and reset, steps timed, stats frozen at the end."""
+        if self._handle is not None:
+            config = config or PABConfig.disabled()
+            if self._handle.config != config:
+                self._handle.configure(config)
+            self._handle.reset()
+        start = time.perf_counter()
+        marks = [start]
+        steps = batch[0].num_inference_steps
+
+        def step_end(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            marks.append(time.perf_counter())
+            if on_step is not None:
+                on_step(step, pipe.num_timesteps or steps)
+            return {}
+
+        output = self.pipeline(**_call_kwargs(self.pipeline, batch), callback_on_step_end=step_end)
+        frames = to_uint8(output.frames)
+        end = time.perf_counter()
+        timings = StageTimings(denoise_s=marks[-1] - start, decode_s=end - marks[-1], generate_s=end - start,
+                               share_s=(end - start) / len(batch))
+        counts = PABCounts.from_pab(self._handle.stats) if self._handle is not None else None
+        step_s = tuple(b - a for a, b in zip(marks, marks[1:]))
+        return frames, GenerationStats(pab=counts, step_s=step_s, timings=timings, batch_size=len(batch))

@@ -21,12 +21,38 @@ if TYPE_CHECKING:  # annotations only: importing them is what this module exists
 MAX_SEED = 2**63 - 1
 
 
-class GenerationParamsError(ValueError):
-    """A request parameter is invalid; `field` names it so the HTTP layer can report `param`."""
+class RequestError(ValueError):
+    r"""
+    A request the server refuses before running it; the one error type `resolve` raises.
+
+    Args:
+        field: The internal field at fault (`num_frames`, `pab`, ...; None for the request as a whole);
+            `pab.runtime.request.api` names it as the client sent it.
+        message: What is wrong and what to do.
+        code: The OpenAI-style error code (`invalid_value`, `limit_exceeded`, `model_not_found`, ...).
+        status: The HTTP status the API answers with.
+    """
+
+    def __init__(self, field: str | None, message: str, *, code: str = "invalid_value", status: int = 400) -> None:
+        super().__init__(message)
+        self.field, self.code, self.status = field, code, status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with every field, so the error crosses Ray (a worker or replica raising it to its caller) intact."""
+        return _rebuild_request_error, (type(self), self.field, str(self), self.code, self.status)
+
+
+def _rebuild_request_error(cls: type[RequestError], field: str | None, message: str, code: str, status: int) -> RequestError:
+    error = RequestError.__new__(cls)
+    RequestError.__init__(error, field, message, code=code, status=status)
+    return error
+
+
+class GenerationParamsError(RequestError):
+    """A request parameter is invalid; the message starts with the field's name."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(field, f"{field}: {message}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

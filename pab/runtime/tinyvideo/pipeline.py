@@ -25,6 +25,16 @@ MODEL_NAME = "tiny-shapes"
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 25, "guidance_scale": 3.0, "fps": 4}
 
 
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """The starting noise: drawn from one generator, or one generator per sample (each sample's noise then depends
+    only on its own generator, exactly as when it is drawn alone)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} prompts")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device) for g in generator])
+    return torch.randn(shape, generator=generator, device=getattr(generator, "device", "cpu"))
+
+
 @dataclass
 class TinyVideoPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor  # [B, F, H, W, 3] in [0, 1]
@@ -34,6 +44,8 @@ class TinyVideoPipeline(DiffusionPipeline):
     """Text-to-video with a pixel-space Latte transformer and a word-embedding text encoder."""
 
     model_cpu_offload_seq = "text_encoder->transformer"
+    per_sample_guidance = True
+    """`guidance_scale` may be a list with one scale per prompt (the serving engine batches such requests)."""
 
     def __init__(
         self, transformer: LatteTransformer3DModel, text_encoder: WordEmbeddingTextEncoder, scheduler: DDIMScheduler
@@ -89,8 +101,8 @@ class TinyVideoPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = DEFAULTS["num_inference_steps"],
-        guidance_scale: float = DEFAULTS["guidance_scale"],
-        generator: torch.Generator | None = None,
+        guidance_scale: float | list[float] = DEFAULTS["guidance_scale"],
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         return_dict: bool = True,
@@ -102,7 +114,7 @@ class TinyVideoPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         shape = (len(prompts), cfg.in_channels, frames, height, width)
-        noise = torch.randn(shape, generator=generator, device=getattr(generator, "device", "cpu"))
+        noise = initial_noise(shape, generator)
         cond, uncond = self.text_encoder.encode(prompts), self.text_encoder.encode(negatives)
         self._num_timesteps = num_inference_steps
 
@@ -110,6 +122,8 @@ class TinyVideoPipeline(DiffusionPipeline):
             if callback_on_step_end is not None:
                 callback_on_step_end(self, i, t, {"latents": x})
 
+        if isinstance(guidance_scale, (list, tuple)):  # one scale per sample (`per_sample_guidance`)
+            guidance_scale = torch.tensor(guidance_scale, dtype=torch.float32).view(-1, 1, 1, 1, 1)
         clips = denoise(self.transformer, self.scheduler, noise, cond, uncond, num_inference_steps, guidance_scale,
                         on_step)
         video = ((clips.permute(0, 2, 3, 4, 1).float() + 1) / 2).clamp(0, 1).cpu()  # [B, F, H, W, 3]

@@ -33,7 +33,7 @@ def denoise(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     num_steps: int,
-    guidance: float,
+    guidance: float | torch.Tensor,
     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The CFG denoising loop on v-prediction: noise [B, C, F, H, W] -> clips in [-1, 1]."""
@@ -45,7 +45,7 @@ def denoise(
         tt = t.expand(x.shape[0]).to(device)
         with _context(transformer, "cond"):
             v = transformer(x, timestep=tt, encoder_hidden_states=cond).sample
-        if guidance != 1.0:
+        if torch.is_tensor(guidance) or guidance != 1.0:  # a per-sample tensor only ever comes with CFG on
             with _context(transformer, "uncond"):
                 v_u = transformer(x, timestep=tt, encoder_hidden_states=uncond).sample
             v = v_u + guidance * (v - v_u)

@@ -94,8 +94,8 @@ def run_config(generator, prompts_seeds: list[tuple[str, int]], pab, references:
     for prompt, seed in prompts_seeds:
         result = generator.generate(GenerationParams(prompt=prompt, seed=seed, **params), pab=config)
         videos.append(result.frames)
-        hits.append(result.stats.get("attention", {}).get("hit_rate", 0.0))
-        seconds.append(result.timings["denoise_s"])
+        hits.append(result.stats.pab.attention.hit_rate if result.stats.pab is not None else 0.0)
+        seconds.append(result.stats.timings.denoise_s)
     refs = references if references is not None else videos
     if len(refs) != len(videos):
         raise ValueError(f"references must pair with the prompt x seed set: {len(refs)} vs {len(videos)} videos")

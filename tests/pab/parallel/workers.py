@@ -155,7 +155,7 @@ def video_generator(parallel: ParallelConfig | None) -> dict[str, Any]:
 
     gen = VideoGenerator(testing.tiny_latte_pipeline(0), pab="PAB-246", parallel=parallel)
     result = gen.generate(GenerationParams(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS))
-    return {"frames": result.frames, "stats": result.stats}
+    return {"frames": result.frames, "stats": result.stats.pab.model_dump()}
 
 
 def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, Any]:

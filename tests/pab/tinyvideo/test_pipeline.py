@@ -57,11 +57,11 @@ def test_video_generator_with_pab_counts_two_cfg_passes():
     params = GenerationParams(prompt="a red disc moving up", seed=1, num_inference_steps=6, guidance_scale=3.0)
     result = gen.generate(params)
     assert result.frames.shape == (4, 16, 16, 3) and result.frames.dtype == np.uint8
-    kinds = result.stats["kinds"]
+    kinds = result.stats.pab.model_dump()["kinds"]
     # 2 layers x 6 steps x 2 CFG passes (cond and uncond run as separate forwards, each with its own cache)
     assert kinds["spatial"]["calls"] == kinds["temporal"]["calls"] == kinds["cross"]["calls"] == 24
     assert kinds["spatial"]["broadcast"] > 0
     full = gen.generate(params, pab="none")
-    assert full.stats["attention"]["broadcast"] == 0
+    assert full.stats.pab.attention.broadcast == 0
     plain = VideoGenerator(random_tiny_shapes(0)).generate(params)
     np.testing.assert_array_equal(full.frames, plain.frames)  # PAB "none" is bit-identical to no PAB

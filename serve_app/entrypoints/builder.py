@@ -1,4 +1,4 @@
-"""Application builders: `serve run serve_app.builder:build_app [key=value ...]` or a serve config YAML
+"""Application builders: `serve run serve_app.entrypoints.builder:build_app [key=value ...]` or a serve config YAML
 (`serve_app/configs/serve_cpu.yaml`) whose `args` are an `AppConfig`.
 
 The generator's placement group is declared here: one bundle per worker (`AppConfig.worker_bundle`), `STRICT_PACK`
@@ -21,7 +21,7 @@ def generator_options(config: AppConfig) -> dict[str, Any]:
         "placement_group_bundles": config.placement_group_bundles(),
         "placement_group_strategy": "STRICT_PACK",
         "ray_actor_options": {"num_cpus": 0, "num_gpus": 0},
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.generator_max_ongoing_requests,
         "health_check_period_s": config.health_check_period_s,
         "health_check_timeout_s": config.health_check_timeout_s,
     }

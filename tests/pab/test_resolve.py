@@ -1,5 +1,6 @@
-"""The model card: what the ingress validates requests against without loading the model. Checked against the real
-pipelines' own `validate_params`, so the card can never accept what a worker would refuse (or the reverse)."""
+"""The one resolver on the model card: what the ingress validates requests against without loading the model.
+Checked against the real pipelines' own `validate_params`, so the card can never accept what a worker would refuse
+(or the reverse). (Moved from tests/serve_app/test_model_card.py with the card and the resolver.)"""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pytest
 
 from pab.config import PABConfigError
 from pab.runtime.pipelines import GenerationParams, GenerationParamsError, VideoGenerator, load_pipeline, validate_params
+from pab.runtime.request.card import ModelCard, seconds_label
+from pab.runtime.request.params import RequestError
+from pab.runtime.request.request import GenerationRequest
+from pab.runtime.request.resolve import resolve, resolve_pab
 from serve_app.config import LimitsConfig
-from serve_app.errors import APIError
-from serve_app.model_card import ModelCard, seconds_label
-from serve_app.schemas import GenerationRequest
 
 LIMITS = LimitsConfig()
 
@@ -25,7 +27,7 @@ def loaded(request):
 def _verdict(fn):
     try:
         fn()
-    except GenerationParamsError as exc:
+    except RequestError as exc:
         return exc.field
     return "ok"
 
@@ -38,38 +40,40 @@ def test_card_validates_like_the_pipeline(loaded, size, frames):
     params = GenerationParams(prompt="a cat", num_frames=frames, width=width, height=height)
     expected = _verdict(lambda: validate_params(generator.pipeline, params))
     request = GenerationRequest(prompt="a cat", num_frames=frames, width=width, height=height)
-    assert _verdict(lambda: card.resolve(request, "reference", LIMITS)) == expected
+    assert _verdict(lambda: resolve(request, card, default_pab="reference", limits=LIMITS)) == expected
 
 
 def test_resolve_fills_defaults_and_draws_a_seed(loaded):
     generator, card = loaded
-    resolved = card.resolve(GenerationRequest(prompt="a dog"), "PAB-246", LIMITS)
+    resolved = resolve(GenerationRequest(prompt="a dog"), card, default_pab="PAB-246", limits=LIMITS)
     for key, value in generator.defaults.items():
         assert getattr(resolved, key) == value
     assert resolved.model == card.name and resolved.seed is not None
     assert resolved.pab == generator.resolve_pab("PAB-246").to_dict()
-    assert card.resolve(GenerationRequest(prompt="a dog", seed=5), "none", LIMITS).seed == 5
-    with pytest.raises(GenerationParamsError) as info:
-        card.resolve(GenerationRequest(prompt="a dog", model="sora-2"), "reference", LIMITS)
+    assert resolve(GenerationRequest(prompt="a dog", seed=5), card, default_pab="none", limits=LIMITS).seed == 5
+    with pytest.raises(RequestError) as info:
+        resolve(GenerationRequest(prompt="a dog", model="sora-2"), card, default_pab="reference", limits=LIMITS)
     assert info.value.field == "model" and "sora-2" in str(info.value)
+    assert (info.value.status, info.value.code) == (404, "model_not_found")
 
 
 def test_limits_apply_before_model_rules(loaded):
     _, card = loaded
-    with pytest.raises(APIError, match="max_frames"):
-        card.resolve(GenerationRequest(prompt="a dog", num_frames=999), "reference", LIMITS)
+    with pytest.raises(RequestError, match="max_frames") as info:
+        resolve(GenerationRequest(prompt="a dog", num_frames=999), card, default_pab="reference", limits=LIMITS)
+    assert info.value.code == "limit_exceeded"
 
 
 def test_pab_presets_json_and_overrides(loaded):
     generator, card = loaded
-    assert card.resolve_pab(None, "PAB-357") == generator.resolve_pab("PAB-357").to_dict()
-    as_json = card.resolve_pab('{"preset": "PAB-246", "spatial": {"range": 3}}', "reference")
+    assert resolve_pab(None, card.adapter, "PAB-357").to_dict() == generator.resolve_pab("PAB-357").to_dict()
+    as_json = resolve_pab('{"preset": "PAB-246", "spatial": {"range": 3}}', card.adapter, "reference").to_dict()
     assert as_json["spatial"]["range"] == 3 and as_json["name"] == "PAB-246+custom"
     assert as_json["spatial"]["window"] == generator.resolve_pab("PAB-246").to_dict()["spatial"]["window"]
-    assert card.resolve_pab({"mlp": None, "name": "mine"}, "reference")["name"] == "mine"
+    assert resolve_pab({"mlp": None, "name": "mine"}, card.adapter, "reference").name == "mine"
     for bad in ("PAB-999", {"spatial": {"range": 0}}, {"preset": "none", "bogus": 1}, "{not json"):
         with pytest.raises(PABConfigError):
-            card.resolve_pab(bad, "reference")
+            resolve_pab(bad, card.adapter, "reference")
 
 
 def test_seconds_to_frames_respects_temporal_compression(loaded):
@@ -98,6 +102,6 @@ def test_closed_vocabulary_is_checked_the_same_by_the_card_and_the_pipeline():
         params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=0)
         request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=0)
         assert _verdict(lambda: generator.resolve(params)) == expected, prompt
-        assert _verdict(lambda: card.resolve(request, "reference", LIMITS)) == expected, prompt
+        assert _verdict(lambda: resolve(request, card, default_pab="reference", limits=LIMITS)) == expected, prompt
     with pytest.raises(GenerationParamsError, match=r"unknown words \['cat', 'runs', 'in', 'the', 'park'\].*It knows: "):
-        card.resolve(GenerationRequest(prompt="a cat runs in the park"), "reference", LIMITS)
+        resolve(GenerationRequest(prompt="a cat runs in the park"), card, default_pab="reference", limits=LIMITS)

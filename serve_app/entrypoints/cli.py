@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_app.builder import APP_NAME, build_app
+    from serve_app.entrypoints.builder import APP_NAME, build_app
 
     local = args.address is None
     ray.init(address=args.address, num_cpus=args.num_cpus if local else None, include_dashboard=False,
@@ -190,14 +190,15 @@ def _generate(args: argparse.Namespace) -> int:
     output = args.output or "video.mp4"
     write_video(result.frames, output, fps=result.params.fps)
     print(f"\nwrote {output}: {result.frames.shape[0]} frames {result.frames.shape[2]}x{result.frames.shape[1]}, "
-          f"seed {result.params.seed}, {result.timings['total_s']:.2f} s\n{_stats_line(result.stats)}")
+          f"seed {result.params.seed}, {result.stats.timings.generate_s:.2f} s\n"
+          f"{_stats_line(result.stats.pab.model_dump() if result.stats.pab else None)}")
     return 0
 
 
 def _size(size: str | None) -> tuple[int | None, int | None]:
     if size is None:
         return None, None
-    from serve_app.schemas import parse_size
+    from pab.runtime.request.api import parse_size
 
     try:
         return parse_size(size)
