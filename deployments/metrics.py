@@ -22,6 +22,10 @@ Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
   `decode_encode`, `end_to_end`.
 - `ray_pab_denoising_step_seconds{model,preset}` histogram: one denoising step (all ranks, all CFG passes).
 
+Label values are bounded: `preset` is a known preset name (`preset_label`: `pab.presets.PRESET_NAMES`, the `+mlp`
+pyramids, the per-model `reference:<family>` names) or `custom` for any other (a client's own PAB overrides may
+carry any name), so no request can add series.
+
 Notes on Ray 2.60: a histogram's `_sum` is computed from bucket midpoints, so use the buckets (quantiles), not
 `_sum/_count`; a counter cannot be incremented by 0, so a series (e.g. `status="failed"`) exists only once it
 happened and the dashboard adds `or vector(0)` where "none yet" should read 0.
@@ -35,7 +39,14 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
+from pab.presets import MLP_SUFFIX, PRESET_NAMES, PYRAMIDS, REFERENCE_DEFAULTS
+
 logger = logging.getLogger("ray.serve")
+
+CUSTOM_PRESET = "custom"
+KNOWN_PRESETS: frozenset[str] = frozenset(
+    (*PRESET_NAMES, *(f"{p}{MLP_SUFFIX}" for p in PYRAMIDS), *(c.name for c in REFERENCE_DEFAULTS.values()))
+)
 
 ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
 
@@ -147,6 +158,11 @@ def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
         counter.inc(value, tags)
 
 
+def preset_label(name: Any) -> str:
+    """The `preset` label value for a preset name: the name when it is a known preset, else `custom`."""
+    return name if isinstance(name, str) and name in KNOWN_PRESETS else CUSTOM_PRESET
+
+
 @_never_raises
 def record_job_finished(
     model: str,
@@ -162,7 +178,7 @@ def record_job_finished(
     maps the keys in `TIMING_KEYS` to seconds, `frames` counts the frames of the finished video.
     """
     m = _metrics()
-    tags = {"model": model, "preset": preset}
+    tags = {"model": model, "preset": preset_label(preset)}
     m.jobs.inc(1, {**tags, "status": status})
     if stats:
         _record_stats(m, tags, stats)
@@ -200,7 +216,7 @@ def _record_stats(m: SimpleNamespace, tags: dict[str, str], stats: Mapping[str, 
 @_never_raises
 def observe_step_seconds(model: str, preset: str, seconds: float) -> None:
     """Book the wall time of one denoising step (call it from the generator's per-step callback)."""
-    _metrics().step.observe(seconds, {"model": model, "preset": preset})
+    _metrics().step.observe(seconds, {"model": model, "preset": preset_label(preset)})
 
 
 @_never_raises
