@@ -125,17 +125,39 @@ def start(
 
 
 def stop_from_pid_file(data_dir: str | os.PathLike = DEFAULT_DATA_DIR) -> bool:
-    """Stop the Prometheus whose PID `start()` wrote into `data_dir`; False if there was none."""
+    """Stop the Prometheus whose PID `start()` wrote into `data_dir`; False if there was none.
+
+    The PID is signalled only while it is still that Prometheus (its command line runs a `prometheus` binary on
+    this data dir's TSDB): a PID file outlives its process, and the PID may since belong to anything else. A PID
+    file that names another process is stale and is removed.
+    """
     pid_file = Path(data_dir) / "prometheus.pid"
     if not pid_file.exists():
         return False
-    pid = int(pid_file.read_text())
+    try:
+        pid = int(pid_file.read_text().strip())
+    except ValueError:
+        pid = None
     pid_file.unlink()
+    if pid is None or not _is_our_prometheus(pid, Path(data_dir)):
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     return True
+
+
+def _is_our_prometheus(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` runs a `prometheus` binary with the TSDB path `start()` gives it for `data_dir`."""
+    import psutil
+
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
+        return False
+    tsdb = f"--storage.tsdb.path={data_dir.resolve() / 'tsdb'}"
+    return bool(argv) and Path(argv[0]).name.startswith("prometheus") and tsdb in argv[1:]
 
 
 def query(base_url: str, expr: str, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ class Dispatcher:
     def __init__(self, generator: DeploymentHandle, store: JobStore, config: AppConfig) -> None:
         self._generator, self._store, self._config = generator, store, config
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tenants: dict[str, str | None] = {}
         self._responses: dict[str, DeploymentResponse] = {}
         self.admitting = 0
         """Jobs past the queue check whose record is still being written (they hold their queue slot)."""
@@ -48,8 +49,13 @@ class Dispatcher:
         """The background work of an ingress replica: resume, then report queue depth periodically."""
         return [asyncio.create_task(self.resume()), asyncio.create_task(self.report_queue_depth())]
 
-    def dispatch(self, job_id: str) -> None:
+    def in_flight_of(self, tenant: str | None) -> int:
+        """The jobs of `tenant` this replica follows (waiting or running)."""
+        return sum(t == tenant for t in self._tenants.values())
+
+    def dispatch(self, job_id: str, tenant: str | None = None) -> None:
         if job_id not in self._tasks:
+            self._tenants[job_id] = tenant
             self._tasks[job_id] = asyncio.create_task(self._follow(job_id))
 
     def cancel(self, job_id: str) -> None:
@@ -106,6 +112,7 @@ class Dispatcher:
             logger.exception("pab job %s: dispatch failed", job_id)
         finally:
             self._tasks.pop(job_id, None)
+            self._tenants.pop(job_id, None)
             self._responses.pop(job_id, None)
 
     async def _await_elsewhere(self, job_id: str) -> bool:
@@ -136,13 +143,14 @@ class Dispatcher:
         except Exception:
             logger.exception("pab: could not list unfinished jobs to resume")
             return
-        for job_id in pending:
-            self.dispatch(job_id)
+        for job_id, tenant in pending:
+            self.dispatch(job_id, tenant)
         if pending:
             logger.info("pab: dispatched %d unfinished job(s) again", len(pending))
 
-    def _unfinished(self) -> list[str]:
-        return [i for i in self._store.ids() if not self._store.state(i).terminal]
+    def _unfinished(self) -> list[tuple[str, str | None]]:
+        jobs = [(i, self._store.record(i)) for i in self._store.unfinished_ids()]
+        return [(i, record.tenant) for i, record in jobs if record is not None]
 
     async def report_queue_depth(self) -> None:
         """Publish how many of this replica's jobs wait for a generator and how many run."""

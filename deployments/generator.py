@@ -48,7 +48,7 @@ class VideoGeneratorDeployment:
     async def __init__(self, config: AppConfig) -> None:
         began = time.perf_counter()
         self._config = config
-        self._store = JobStore(config.storage.url)
+        self._store = JobStore.from_config(config.storage)
         replica = serve.get_replica_context().replica_id.unique_id
         self._group = WorkerGroup(config, get_current_placement_group(), name_prefix=replica)
         self._card = await self._group.start()

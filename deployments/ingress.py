@@ -9,7 +9,6 @@ ingress replica answers for any job.
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures of the Serve ingress class at runtime.
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -27,9 +26,11 @@ from pab.runtime.request.api import request_fields
 from pab.runtime.request.params import RequestError
 from pab.runtime.request.resolve import resolve
 from pab.runtime.video import MIME_TYPES
+from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
 from serve_app.config import AppConfig
-from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error, unauthorized
+from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error
+from serve_app.retention import RetentionSweeper
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, Model, ModelList, VideoCreateBody, VideoDeleted, VideoList
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from serve_app.videos import video_object
@@ -99,21 +100,18 @@ async def _read_body(request: Request) -> dict[str, Any]:
 class VideoIngress:
     async def __init__(self, generator: DeploymentHandle, config: AppConfig) -> None:
         self._config = config
-        self._store = JobStore(config.storage.url)
-        self._api_key = config.resolved_api_key()
+        self._store = JobStore.from_config(config.storage)
+        self._auth = Authenticator(config)
         self._cards = CardCache(self._store, config.card_key(), config.model_name, started_at=int(time.time()))
         self._dispatcher = Dispatcher(generator, self._store, config)
         self._background = self._dispatcher.start()
+        if config.storage.retention_s is not None:
+            self._background.append(asyncio.create_task(RetentionSweeper(self._store, config.storage.sweep_period_s).run()))
 
     # ---- helpers ---------------------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
-        """Bearer-key check in constant time; a no-op when no key is configured."""
-        if self._api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
-            raise unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>' (openai: api_key=...)")
+    def _authorize(self, request: Request) -> str | None:
+        """The caller's tenant (None when auth is off), or a 401; keys are compared in constant time."""
+        return self._auth.tenant_for(request.headers.get("authorization"))
 
     def _video_response(self, record: JobRecord, state: JobState) -> JSONResponse:
         """The Video, with the `openai-poll-after-ms` hint the SDK's poll loop honours while the job is unfinished."""
@@ -121,11 +119,15 @@ class VideoIngress:
         if not state.terminal:
             cfg = self._config
             headers["openai-poll-after-ms"] = str(state.poll_after_ms(time.time(), cfg.min_poll_after_ms, cfg.poll_after_ms))
-        return JSONResponse(video_object(record, state).model_dump(mode="json"), headers=headers)
+        return JSONResponse(self._video(record, state).model_dump(mode="json"), headers=headers)
 
-    def _record(self, video_id: str) -> JobRecord:
+    def _video(self, record: JobRecord, state: JobState) -> Any:
+        return video_object(record, state, expires_at=self._store.expires_at(record, state))
+
+    def _record(self, video_id: str, tenant: str | None) -> JobRecord:
+        """The job's record, or a 404 when it does not exist or belongs to another tenant."""
         record = self._store.record(video_id)
-        if record is None:
+        if record is None or not record.owned_by(tenant):
             raise not_found("video", video_id, param="video_id")
         return record
 
@@ -162,30 +164,37 @@ class VideoIngress:
 
     @app.post("/v1/videos")
     async def create_video(self, request: Request) -> JSONResponse:
-        self._authorize(request)
+        tenant = self._authorize(request)
         body = await _read_body(request)
         try:
             create = VideoCreateBody.model_validate(body)
         except ValidationError as exc:
             raise _from_pydantic(exc.errors()) from None
         resolved = self._resolve(create)
-        self._check_queue()
+        self._check_queue(tenant)
         submitted = time.time()
-        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved)
+        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved,
+                           tenant=tenant)
         self._dispatcher.admitting += 1  # holds the queue slot across the await, so a burst cannot overshoot
         try:
             await asyncio.to_thread(self._store.create, record)
         finally:
             self._dispatcher.admitting -= 1
-        self._dispatcher.dispatch(record.id)
+        self._dispatcher.dispatch(record.id, tenant)
         return self._video_response(record, JobState())
 
-    def _check_queue(self) -> None:
-        """Back-pressure: 429 + Retry-After before a job exists once this replica holds `queue.max_jobs` jobs."""
+    def _check_queue(self, tenant: str | None) -> None:
+        """Back-pressure: 429 + Retry-After before a job exists once this replica holds `queue.max_jobs` jobs, or
+        the tenant its `max_queued_jobs`."""
         limit, in_flight = self._config.queue, self._dispatcher.in_flight
         if limit.max_jobs is not None and in_flight >= limit.max_jobs:
             metrics.record_job_rejected("queue_full")
             raise queue_full(in_flight, limit.max_jobs, limit.retry_after_s)
+        try:
+            self._auth.check_queued(tenant, self._dispatcher.in_flight_of(tenant))
+        except APIError:
+            metrics.record_job_rejected("tenant_queue_full")
+            raise
 
     @app.get("/v1/videos")
     async def list_videos(
@@ -195,16 +204,16 @@ class VideoIngress:
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         order: Literal["asc", "desc"] = "desc",
     ) -> VideoList:
-        self._authorize(request)
-        records, has_more = await asyncio.to_thread(self._store.page, after=after, limit=limit, order=order)
-        data = [video_object(r, self._store.state(r.id)) for r in records]
+        tenant = self._authorize(request)
+        records, has_more = await asyncio.to_thread(self._store.page, after=after, limit=limit, order=order,
+                                                    tenant=tenant)
+        data = [self._video(r, self._store.state(r.id)) for r in records]
         return VideoList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
 
     @app.get("/v1/videos/{video_id}")
     async def retrieve_video(self, request: Request, video_id: str) -> JSONResponse:
-        self._authorize(request)
-        record = self._record(video_id)
+        record = self._record(video_id, self._authorize(request))
         state = self._store.state(video_id)
         if await self._dispatcher.hold_until_finished(video_id, state, self._config.hold_poll_ms / 1000):
             state = self._store.state(video_id)
@@ -212,8 +221,7 @@ class VideoIngress:
 
     @app.delete("/v1/videos/{video_id}")
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:
-        self._authorize(request)
-        self._record(video_id)
+        self._record(video_id, self._authorize(request))
         await asyncio.to_thread(self._store.delete, video_id)  # first: a runner never writes a deleted job
         self._dispatcher.cancel(video_id)
         return VideoDeleted(id=video_id)
@@ -222,8 +230,7 @@ class VideoIngress:
     async def download_content(
         self, request: Request, video_id: str, variant: Literal["video", "thumbnail", "spritesheet"] = "video"
     ) -> Response:
-        self._authorize(request)
-        state = self._store.state(self._record(video_id).id)
+        state = self._store.state(self._record(video_id, self._authorize(request)).id)
         if state.status != "completed":
             raise APIError(
                 409,

@@ -25,6 +25,10 @@ Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
 - `ray_pab_batch_size{model}` histogram: jobs per engine batch (one denoising loop).
 - `ray_pab_job_reruns_total{model,reason}`: attempts started again after infrastructure lost one.
 
+Label values are bounded: `preset` is a known preset name (`preset_label`: `pab.presets.PRESET_NAMES`, the `+mlp`
+pyramids, the per-model `reference:<family>` names) or `custom` for any other (a client's own PAB overrides may
+carry any name), so no request can add series.
+
 Notes on Ray 2.60: a histogram's `_sum` is computed from bucket midpoints, so use the buckets (quantiles), not
 `_sum/_count`; a counter cannot be incremented by 0, so a series (e.g. `status="failed"`) exists only once it
 happened and the dashboard adds `or vector(0)` where "none yet" should read 0.
@@ -40,7 +44,14 @@ from typing import Any, Callable
 
 from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
 
+from pab.presets import MLP_SUFFIX, PRESET_NAMES, PYRAMIDS, REFERENCE_DEFAULTS
+
 logger = logging.getLogger("ray.serve")
+
+CUSTOM_PRESET = "custom"
+KNOWN_PRESETS: frozenset[str] = frozenset(
+    (*PRESET_NAMES, *(f"{p}{MLP_SUFFIX}" for p in PYRAMIDS), *(c.name for c in REFERENCE_DEFAULTS.values()))
+)
 
 ATTENTION_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross")
 
@@ -160,6 +171,11 @@ def _inc(counter: Any, value: float, tags: dict[str, str]) -> None:
         counter.inc(value, tags)
 
 
+def preset_label(name: Any) -> str:
+    """The `preset` label value for a preset name: the name when it is a known preset, else `custom`."""
+    return name if isinstance(name, str) and name in KNOWN_PRESETS else CUSTOM_PRESET
+
+
 @_never_raises
 def record_job_finished(
     model: str,
@@ -174,7 +190,7 @@ def record_job_finished(
     per-step seconds and stage timings; `frames` counts the frames of the finished video.
     """
     m = _metrics()
-    tags = {"model": model, "preset": preset}
+    tags = {"model": model, "preset": preset_label(preset)}
     m.jobs.inc(1, {**tags, "status": status})
     if stats is not None:
         if stats.pab is not None:

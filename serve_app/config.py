@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 DEFAULT_MODEL = "tiny-shapes"
 DEFAULT_STORE_URL = os.path.join(os.path.expanduser("~"), ".cache", "pab-serve", "store")
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 
 
 class _Section(BaseModel):
@@ -40,13 +42,19 @@ class LimitsConfig(_Section):
 
 class StorageConfig(_Section):
     r"""
-    Where job records and finished videos live: a local directory, or any fsspec URL (`s3://bucket/prefix`) that
-    every node can reach. Ingress replicas hold no job state of their own, so a restarted one picks up where the
-    last left off.
+    Where job records and finished videos live: a local directory (default `~/.cache/pab-serve/store`), or any
+    fsspec URL (`s3://bucket/prefix`) that every node can reach. Ingress replicas hold no job state of their own, so
+    a restarted one picks up where the last left off.
+
+    Finished jobs (completed or failed) and their files are removed `retention_s` after they finished (OpenAI's
+    `expires_at`); every ingress replica sweeps the store every `sweep_period_s`. `retention_s: null` keeps every
+    job forever. Unfinished jobs never expire.
     """
 
     url: str = DEFAULT_STORE_URL
     progress_interval_s: float = Field(0.5, ge=0, description="minimum time between two progress writes")
+    retention_s: float | None = Field(DEFAULT_RETENTION_S, gt=0, description="keep finished jobs this long")
+    sweep_period_s: float = Field(3600.0, gt=0, description="how often expired jobs are removed")
 
 
 class QueueConfig(_Section):
@@ -76,6 +84,30 @@ class EngineConfig(_Section):
     batch_wait_ms: int = Field(50, ge=0, le=60_000, description="how long an idle engine waits for companions")
     max_attempts: int = Field(3, ge=1, le=20, description="runs of one job, first one included")
     lease_s: float = Field(30.0, gt=0, le=3600, description="how long a runner holds a job without renewing")
+
+
+class APIKeyConfig(_Section):
+    r"""
+    One API key of one tenant. A tenant sees, lists, downloads and deletes only its own jobs.
+
+    Args:
+        tenant: The tenant's name (letters, digits, `._@-`; at most 64). Several keys may name one tenant (rotation).
+        key_sha256: The hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`), so the config holds no secret.
+        key_env: Or the name of an environment variable that holds the key on every ingress node.
+        max_queued_jobs: At most this many of the tenant's jobs waiting or running per ingress replica; past it,
+            `POST /v1/videos` answers 429. None: only the server-wide `queue.max_jobs` applies.
+    """
+
+    tenant: str = Field(pattern=_TENANT_PATTERN)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    key_env: str | None = Field(None, min_length=1)
+    max_queued_jobs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "APIKeyConfig":
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"api_keys entry of tenant {self.tenant!r}: set exactly one of key_sha256 or key_env")
+        return self
 
 
 class AppConfig(BaseModel):
@@ -117,8 +149,12 @@ class AppConfig(BaseModel):
         collective_grace_s: After one rank fails, how long the others get to finish before the group counts as
             broken (they are usually stuck in a collective with the failed rank).
         ingress_replicas: Ingress (HTTP) replicas.
-        api_key, api_key_env: Optional bearer key (literal, or the name of an environment variable that holds it);
-            off when both are unset.
+        api_key, api_key_env: The single-key mode: one bearer key (tenant "default"), literal or (preferred: a
+            literal key shows in `ps` and shell history) the name of an environment variable that holds it.
+        api_keys: Tenancy: keys mapped to tenants (`APIKeyConfig`: `{tenant, key_sha256 | key_env,
+            max_queued_jobs}`); combines with the single key. Auth is off when no key is configured at all.
+        allow_unauthenticated_public: Serve HTTP beyond loopback with auth off anyway. Without it, `pab serve` and
+            `build_app` refuse to start so (`serve_app.safety.check_bind`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -150,6 +186,8 @@ class AppConfig(BaseModel):
 
     api_key: SecretStr | None = None
     api_key_env: str | None = None
+    api_keys: list[APIKeyConfig] = Field(default_factory=list)
+    allow_unauthenticated_public: bool = False
 
     limits: LimitsConfig = LimitsConfig()
     storage: StorageConfig = StorageConfig()
@@ -174,6 +212,18 @@ class AppConfig(BaseModel):
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise ValueError(f"defaults: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _one_limit_per_tenant(cls, value: list[APIKeyConfig]) -> list[APIKeyConfig]:
+        limits: dict[str, int | None] = {}
+        for entry in value:
+            if limits.setdefault(entry.tenant, entry.max_queued_jobs) != entry.max_queued_jobs:
+                raise ValueError(f"api_keys: the keys of tenant {entry.tenant!r} set different max_queued_jobs")
+        digests = [e.key_sha256.lower() for e in value if e.key_sha256]
+        if len(set(digests)) != len(digests):
+            raise ValueError("api_keys: the same key_sha256 appears twice")
         return value
 
     @model_validator(mode="after")
@@ -215,6 +265,11 @@ class AppConfig(BaseModel):
         ingress never reads the card a generator of an earlier, different config left behind."""
         digest = hashlib.sha256(self.model_dump_json(exclude={"api_key", "api_key_env"}).encode()).hexdigest()
         return f"{self.model_name}@{digest[:16]}"
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether requests must present a key (`serve_app.auth.Authenticator` resolves and checks them)."""
+        return self.api_key is not None or bool(self.api_key_env) or bool(self.api_keys)
 
     def resolved_api_key(self) -> str | None:
         """The key requests must present, or None when auth is off."""

@@ -82,5 +82,11 @@ def unauthorized(message: str) -> APIError:
     return APIError(401, message, type="authentication_error", code="invalid_api_key")
 
 
+def rate_limited(message: str, retry_after_s: int) -> APIError:
+    """A 429 in OpenAI's rate-limit shape, with `Retry-After`; no job was created for the request."""
+    headers = {"Retry-After": str(retry_after_s)}
+    return APIError(429, message, type="requests", code="rate_limit_exceeded", headers=headers)
+
+
 def server_error(message: str, code: str = "server_error") -> APIError:
     return APIError(500, message, type="server_error", code=code)

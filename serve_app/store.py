@@ -7,17 +7,26 @@ Layout under the root, one folder per job so a delete is one recursive remove:
                                the job runs; the ingress writes it only to record a failure the generator could not
     videos/<id>/video.mp4, thumbnail.webp, spritesheet.jpeg
     models/<name>.json         the served model's card, published by each generator replica as it starts
+    quarantine/<id>/           bad records moved aside by `pab store check --quarantine`
 
 Job ids start with their creation time in hex, so listing the folder in name order lists jobs in creation order and a
 page reads only the records it returns.
+
+A file that cannot be read or parsed never raises out of a read: an unreadable `state.json` reads as a `failed` job
+with error code `store_corrupt`, an unreadable `request.json` as no job at all, and listings skip past both. Each bad
+file is logged once per process; `JobStore.check()` lists them and `JobStore.quarantine()` moves them aside.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
+import threading
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import fsspec
@@ -29,18 +38,44 @@ from pab.runtime.stats import GenerationStats
 
 from .schemas import CONTENT_FORMATS
 
+if TYPE_CHECKING:
+    from .config import StorageConfig
+
+logger = logging.getLogger("ray.serve")
+
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+DEFAULT_TENANT = "default"
+"""The tenant of the single-key mode (`api_key` / `api_key_env`), and the owner of records written without one."""
+STORE_CORRUPT = "store_corrupt"
 _ID_PREFIX = "video_"
+_ID_TIME_DIGITS = 13
+_MISSING_REQUEST_GRACE_S = 60.0  # a job folder this young may be one whose request.json is being written
 
 
 def new_job_id() -> str:
     """`video_` + creation time in microseconds (13 hex digits, sorts in time order) + 48 random bits."""
-    return f"{_ID_PREFIX}{time.time_ns() // 1000:013x}{secrets.token_hex(6)}"
+    return f"{_ID_PREFIX}{time.time_ns() // 1000:0{_ID_TIME_DIGITS}x}{secrets.token_hex(6)}"
+
+
+def _valid_id(job_id: str) -> bool:
+    return job_id.startswith(_ID_PREFIX) and job_id[len(_ID_PREFIX) :].isalnum()
+
+
+def _created_s(job_id: str) -> float | None:
+    """The creation time a job id carries (seconds), or None for an id of another shape."""
+    digits = job_id[len(_ID_PREFIX) : len(_ID_PREFIX) + _ID_TIME_DIGITS]
+    try:
+        return int(digits, 16) / 1e6
+    except ValueError:
+        return None
 
 
 class JobRecord(BaseModel):
-    """What was asked: the request with every default resolved, so a re-dispatched job renders the same video."""
+    """What was asked: the request with every default resolved, so a re-dispatched job renders the same video.
+
+    `tenant` is who asked (None: written with auth off, or before tenancy existed; such jobs belong to the default
+    tenant)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -48,6 +83,11 @@ class JobRecord(BaseModel):
     created_at: int
     submitted_at: float
     request: GenerationRequest
+    tenant: str | None = None
+
+    def owned_by(self, tenant: str | None) -> bool:
+        """Whether `tenant` may see this job; None (auth off) sees every job."""
+        return tenant is None or (self.tenant or DEFAULT_TENANT) == tenant
 
 
 class JobState(BaseModel):
@@ -77,6 +117,11 @@ class JobState(BaseModel):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def corrupt(self) -> bool:
+        """True for the stand-in state of a job whose state file could not be read."""
+        return bool(self.error) and self.error.get("code") == STORE_CORRUPT
+
     def remaining_s(self, now: float) -> float | None:
         """Estimated seconds until the job's last denoising step, from its progress rate; None while unknown.
 
@@ -98,15 +143,94 @@ class JobState(BaseModel):
         return int(min(max(1000 * remaining / 2, lo_ms), hi_ms))
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A job file that exists but cannot be read or parsed. `file` is relative to the store root."""
+
+    job_id: str
+    file: str
+    reason: str
+
+
+_M = TypeVar("_M", bound=BaseModel)
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+def _report_once(where: str, bad: BadRecord) -> None:
+    """Log a bad file the first time this process meets it, not on every read of it."""
+    with _reported_lock:
+        if where in _reported:
+            return
+        _reported.add(where)
+    logger.warning(
+        "pab store: %s of job %s is unreadable (%s); the job reads as %s. Move it aside with "
+        "`pab store check --store URL --quarantine`.",
+        bad.file, bad.job_id, bad.reason, "failed (store_corrupt)" if bad.file.endswith("state.json") else "absent",
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def corrupt_state(bad: BadRecord) -> JobState:
+    """What a job whose state file is unreadable reads as: failed, saying which file and what to do."""
+    message = (
+        f"the job store's record {bad.file} of this job is unreadable ({bad.reason}), so its status is unknown; "
+        "resubmit the job. Operators: `pab store check --quarantine` moves bad records aside."
+    )
+    return JobState(status="failed", error={"code": STORE_CORRUPT, "message": message})
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or a new entry in `path` durable; best effort where a filesystem cannot sync directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """Write tmp, flush + fsync, rename over `path`, fsync the directory: readers see the old or the new file, and
+    after a crash the new one is there once this returns."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
 class JobStore:
     r"""
     A job store rooted at `url`: a local path (`~` expanded) or any fsspec URL such as `s3://bucket/prefix`.
 
-    Every writer writes whole files; local writes go through a rename so readers never see half a file.
+    Every writer writes whole files; local writes go through a rename so readers never see half a file, and are
+    fsynced (file, then directory) so a record that was written survives a crash of the machine.
+
+    Args:
+        url: Where the store lives.
+        retention_s: How long a finished job (and its files) is kept after it completed; None keeps jobs forever.
+            `expires_at` and `sweep` use it.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retention_s: float | None = None) -> None:
         self.url = url
+        self.retention_s = retention_s
         if "://" not in url:
             url = os.path.abspath(os.path.expanduser(url))
         self._fs, root = fsspec.core.url_to_fs(url)
@@ -114,24 +238,30 @@ class JobStore:
         self._local = isinstance(self._fs, LocalFileSystem)
         self._fs.makedirs(self._dir(), exist_ok=True)
 
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> JobStore:
+        """The store an app config's `storage` section describes."""
+        return cls(storage.url, retention_s=storage.retention_s)
+
     # paths -----------------------------------------------------------------------------------------------------
     def _dir(self, job_id: str | None = None) -> str:
         base = f"{self._root}/videos"
         if job_id is None:
             return base
-        if not job_id.startswith(_ID_PREFIX) or not job_id[len(_ID_PREFIX) :].isalnum():
+        if not _valid_id(job_id):
             raise KeyError(job_id)  # never let an id from a URL walk outside the store
         return f"{base}/{job_id}"
 
     def _path(self, job_id: str, name: str) -> str:
         return f"{self._dir(job_id)}/{name}"
 
+    def _relative(self, path: str) -> str:
+        return path[len(self._root) + 1 :]
+
     # raw I/O ---------------------------------------------------------------------------------------------------
     def _write(self, path: str, data: bytes) -> None:
         if self._local:
-            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-            self._fs.pipe_file(tmp, data)
-            os.replace(tmp, path)
+            _write_durably(path, data)
         else:
             self._fs.pipe_file(path, data)
 
@@ -141,9 +271,23 @@ class JobStore:
         except FileNotFoundError:
             return None
 
+    def _load(self, job_id: str, name: str, model: type[_M]) -> _M | BadRecord | None:
+        """A job file parsed as `model`; None when it does not exist; a `BadRecord` (logged once) when it exists
+        but cannot be read or parsed."""
+        path = self._path(job_id, name)
+        try:
+            raw = self._read(path)
+            return None if raw is None else model.model_validate_json(raw)
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
+            bad = BadRecord(job_id, self._relative(path), _reason(exc))
+            _report_once(f"{self.url}|{bad.file}", bad)
+            return bad
+
     # jobs ------------------------------------------------------------------------------------------------------
     def create(self, record: JobRecord) -> None:
-        self._fs.makedirs(self._dir(record.id), exist_ok=True)
+        self._fs.makedirs(self._path(record.id, "claims"), exist_ok=True)  # see `claim`
+        if self._local:
+            _fsync_dir(self._dir())  # the new job folder's entry, before the record inside it
         self._write(self._path(record.id, "request.json"), record.model_dump_json().encode())
 
     def exists(self, job_id: str) -> bool:
@@ -153,16 +297,19 @@ class JobStore:
             return False
 
     def record(self, job_id: str) -> JobRecord | None:
-        try:
-            raw = self._read(self._path(job_id, "request.json"))
-        except KeyError:
+        """The job's record; None when there is no such job or its record is unreadable (it reads as absent)."""
+        if not _valid_id(job_id):
             return None
-        return None if raw is None else JobRecord.model_validate_json(raw)
+        loaded = self._load(job_id, "request.json", JobRecord)
+        return loaded if isinstance(loaded, JobRecord) else None
 
     def state(self, job_id: str) -> JobState:
-        """The job's state; `queued` when nobody has written one yet."""
-        raw = self._read(self._path(job_id, "state.json"))
-        return JobState() if raw is None else JobState.model_validate_json(raw)
+        """The job's state; `queued` when nobody has written one yet, `failed` (code `store_corrupt`) when the
+        state file is unreadable."""
+        loaded = self._load(job_id, "state.json", JobState)
+        if isinstance(loaded, BadRecord):
+            return corrupt_state(loaded)
+        return loaded or JobState()
 
     def set_state(self, job_id: str, state: JobState) -> bool:
         """Write the state unless the job was deleted meanwhile (returns whether it was written)."""
@@ -179,8 +326,7 @@ class JobStore:
         """Take attempt number `attempt` of a job: True for exactly one caller (an exclusive create), so two
         replicas, or two ingress replicas dispatching after a restart, never start the same attempt twice."""
         path = self._path(job_id, f"claims/{attempt}")
-        try:
-            self._fs.makedirs(self._path(job_id, "claims"), exist_ok=True)
+        try:  # the claims folder exists from `create` on, so a deleted job's folder is never made again here
             with self._fs.open(path, "xb") as f:
                 f.write(str(time.time()).encode())
         except (FileExistsError, FileNotFoundError):
@@ -201,7 +347,10 @@ class JobStore:
     def delete(self, job_id: str) -> bool:
         if not self.exists(job_id):
             return False
-        self._fs.rm(self._dir(job_id), recursive=True)
+        try:
+            self._fs.rm(self._dir(job_id), recursive=True)
+        except FileNotFoundError:
+            return False  # removed meanwhile (another replica's sweep, a concurrent DELETE)
         return True
 
     # model cards -----------------------------------------------------------------------------------------------
@@ -217,18 +366,25 @@ class JobStore:
         raw = self._read(self._card_path(name))
         return None if raw is None else raw.decode()
 
+    # listings --------------------------------------------------------------------------------------------------
     def ids(self) -> list[str]:
-        """Every job id, oldest first."""
-        self._fs.invalidate_cache(self._dir())
+        """Every job id, oldest first (including jobs whose records turn out unreadable)."""
         try:
+            self._fs.invalidate_cache(self._dir())
             names = self._fs.ls(self._dir(), detail=False)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            logger.warning("pab store: cannot list %s (%s); listing no jobs", self._dir(), _reason(exc))
+            return []
         ids = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
-        return sorted(i for i in ids if i.startswith(_ID_PREFIX))
+        return sorted(i for i in ids if _valid_id(i))
 
-    def page(self, *, after: str | None, limit: int, order: Literal["asc", "desc"]) -> tuple[list[JobRecord], bool]:
-        """One page of records after the cursor id in the given order, and whether more follow."""
+    def page(
+        self, *, after: str | None, limit: int, order: Literal["asc", "desc"], tenant: str | None = None
+    ) -> tuple[list[JobRecord], bool]:
+        """One page of `tenant`'s records (every tenant's when None) after the cursor id in the given order, and
+        whether more follow. Unreadable records are skipped."""
         ids = self.ids()
         if order == "desc":
             ids.reverse()
@@ -236,12 +392,91 @@ class JobStore:
             ids = [i for i in ids if (i > after if order == "asc" else i < after)]
         records: list[JobRecord] = []
         for job_id in ids:
+            record = self.record(job_id)  # None when deleted since the listing, or unreadable
+            if record is None or not record.owned_by(tenant):
+                continue
             if len(records) == limit:
                 return records, True
-            record = self.record(job_id)  # None when deleted since the listing
-            if record is not None:
-                records.append(record)
+            records.append(record)
         return records, False
+
+    def unfinished_ids(self, tenant: str | None = None) -> list[str]:
+        """The jobs still to run (queued or in progress), oldest first: what a restarted ingress dispatches again.
+        Bad records are skipped (and logged once), never stop the enumeration."""
+        out = []
+        for job_id in self.ids():
+            record = self.record(job_id)
+            if record is not None and record.owned_by(tenant) and not self.state(job_id).terminal:
+                out.append(job_id)
+        return out
+
+    # retention -------------------------------------------------------------------------------------------------
+    def expires_at(self, record: JobRecord, state: JobState | None = None) -> int | None:
+        """When a finished job and its files are removed (Unix seconds): completion (or creation) + retention.
+        None while the job is unfinished, when its state is unreadable, or when jobs are kept forever."""
+        if self.retention_s is None:
+            return None
+        state = state or self.state(record.id)
+        if not state.terminal or state.corrupt:
+            return None
+        return int((state.completed_at or record.created_at) + self.retention_s)
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Remove the finished jobs whose `expires_at` has passed, with their files; returns their ids.
+
+        Never removes an unfinished job, nor a bad record (that is `check`'s to report). Jobs younger than the
+        retention are not even read: their id says when they were created.
+        """
+        if self.retention_s is None:
+            return []
+        now = time.time() if now is None else now
+        removed = []
+        for job_id in self.ids():
+            created = _created_s(job_id)
+            if created is not None and created + self.retention_s > now:
+                break  # ids are in creation order: every later job is younger still
+            record = self.record(job_id)
+            expires = None if record is None else self.expires_at(record)
+            if expires is not None and expires <= now and self._remove_quietly(job_id):
+                removed.append(job_id)
+        return removed
+
+    def _remove_quietly(self, job_id: str) -> bool:
+        try:
+            return self.delete(job_id)
+        except OSError as exc:
+            logger.warning("pab store: could not remove expired job %s (%s)", job_id, _reason(exc))
+            return False
+
+    # bad records -----------------------------------------------------------------------------------------------
+    def check(self, now: float | None = None) -> list[BadRecord]:
+        """Every bad record: a request or state file that cannot be read or parsed, or a job folder without its
+        request (older than a minute, so a job being created right now is not one)."""
+        now = time.time() if now is None else now
+        bad: list[BadRecord] = []
+        for job_id in self.ids():
+            request = self._load(job_id, "request.json", JobRecord)
+            if request is None and now - (_created_s(job_id) or 0.0) > _MISSING_REQUEST_GRACE_S:
+                request = BadRecord(job_id, self._relative(self._path(job_id, "request.json")), "missing")
+            state = self._load(job_id, "state.json", JobState)
+            bad.extend(b for b in (request, state) if isinstance(b, BadRecord))
+        return bad
+
+    def quarantine(self, job_id: str) -> str:
+        """Move a job's folder to `quarantine/<id>/` (a new name if that is taken); returns where it went, relative
+        to the store root. The job disappears from the API and from every listing."""
+        source = self._dir(job_id)
+        base = f"{self._root}/quarantine/{job_id}"
+        target, n = base, 1
+        while self._fs.exists(target):
+            target, n = f"{base}.{n}", n + 1
+        self._fs.makedirs(f"{self._root}/quarantine", exist_ok=True)
+        if self._local:
+            os.replace(source, target)
+            _fsync_dir(self._dir())
+        else:
+            self._fs.mv(source, target, recursive=True)
+        return self._relative(target)
 
 
 class ProgressThrottle:

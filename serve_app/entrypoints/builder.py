@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config import AppConfig
+from serve_app.safety import check_bind, serve_http_host
 
 APP_NAME = "pab"
 
@@ -35,10 +36,12 @@ def generator_options(config: AppConfig) -> dict[str, Any]:
 
 
 def build_app(args: AppConfig) -> Application:
-    """The Videos API app: an HTTP ingress in front of the generator deployment."""
+    """The Videos API app: an HTTP ingress in front of the generator deployment. Refuses (`UnsafeBindError`) to
+    build when Serve's HTTP proxy binds beyond loopback and no API key is configured."""
     from deployments.generator import VideoGeneratorDeployment
     from deployments.ingress import VideoIngress
 
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    check_bind(serve_http_host(), config)  # no public HTTP with auth off, unless the config opts in
     generator = VideoGeneratorDeployment.options(**generator_options(config)).bind(config)
     return VideoIngress.options(num_replicas=config.ingress_replicas).bind(generator, config)

@@ -134,7 +134,14 @@ def _register_serve(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serve_app.safety import UnsafeBindError, check_bind
+
+    _warn_literal_key(args.overrides)
     config = load_app_config(args.config, args.overrides)
+    try:
+        check_bind(args.host, config)  # before Ray starts: fail in a second, not after a minute of start-up
+    except UnsafeBindError as exc:
+        raise SystemExit(f"pab serve: {exc}") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
@@ -162,6 +169,13 @@ def _serve(args: argparse.Namespace) -> int:
             serve.delete(APP_NAME)
         ray.shutdown()
     return 0
+
+
+def _warn_literal_key(overrides: Sequence[str]) -> None:
+    """A key on the command line shows in `ps` and the shell history: point to `api_key_env`."""
+    if any(o.partition("=")[0] == "api_key" for o in overrides):
+        print("pab serve: warning: api_key=... on the command line is deprecated (other users see it in `ps`); "
+              "put the key in an environment variable and pass api_key_env=NAME", file=sys.stderr)
 
 
 # ---- pab generate --------------------------------------------------------------------------------------------------

@@ -121,3 +121,32 @@ def test_exported_names_follow_prometheus_conventions() -> None:
         elif spec.kind == "histogram":
             assert name.endswith("_size")  # a count per event (jobs per batch)
     assert "pab_collective_bytes_total" in names  # unit before _total
+
+
+@pytest.mark.parametrize("name", ["none", "PAB-246", "PAB-357+mlp", "PAB-579", "reference", "reference:latte",
+                                  "reference:cogvideox"])
+def test_known_preset_names_are_their_own_label(name: str) -> None:
+    assert metrics.preset_label(name) == name
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "PAB-246+custom", "pab-246", "PAB-999", "reference:mine", "", None, 7,
+                                  "<script>", "PAB-246\n"])
+def test_any_other_preset_name_is_labelled_custom(name) -> None:
+    assert metrics.preset_label(name) == "custom"
+
+
+def test_every_metric_with_a_preset_label_books_clients_names_as_custom(recorded: SimpleNamespace) -> None:
+    """A client's own name (`"pab": {"name": ...}`) never becomes a label value: 1000 names, one series each."""
+    for i in range(1000):
+        name = f"client-name-{i}" + "x" * (i % 7) * 1000
+        metrics.record_job_finished("m", name, _stats(total_s=1.0), "completed", frames=2)  # steps booked too
+    presets, booked = set(), set()
+    for attr, spec in metrics._SPECS.items():
+        recorder = getattr(recorded, attr)
+        keys = list(recorder.values) + list(recorder.observed)
+        if "preset" in spec.tags and keys:
+            booked.add(attr)
+            presets |= {dict(k)["preset"] for k in keys}
+    assert presets == {"custom"}
+    assert {"attention_calls", "collective_bytes", "frames", "jobs", "latency", "step", "mlp_calls"} <= booked
+    assert len(recorded.jobs.values) == 1 and recorded.jobs.values[next(iter(recorded.jobs.values))] == 1000

@@ -210,3 +210,37 @@ def test_pod_monitors_select_the_ray_pods_and_name_their_ports() -> None:
 
     pab_queries = [e for e in expressions() if "ray_pab_" in e or "ray_serve_" in e]
     assert pab_queries and all('ray_io_cluster=~"$Cluster"' in e for e in pab_queries)
+
+
+@pytest.mark.parametrize("variant", sorted(RAYSERVICES))
+def test_public_http_always_has_a_key_from_a_required_secret_on_every_ray_container(variant: str) -> None:
+    """The pods listen on 0.0.0.0 (Services reach them there), so the API must have a key, and a pod must not start
+    without it: the key comes from a Secret that is not optional, on every node (a proxy runs on each)."""
+    from serve_app.config import AppConfig
+    from serve_app.safety import UnsafeBindError, check_bind, is_loopback
+
+    doc = RAYSERVICES[variant]
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    host = serve_config["http_options"]["host"]
+    (app,) = serve_config["applications"]
+    config = AppConfig.model_validate(app["args"])
+    check_bind(host, config)  # what build_app checks when KubeRay deploys the app
+    assert not is_loopback(host) and config.api_key is None, "no literal key in a manifest"
+    with pytest.raises(UnsafeBindError):
+        check_bind(host, AppConfig.model_validate({k: v for k, v in app["args"].items() if k != "api_key_env"}))
+    for _, template in _pod_templates(doc):
+        for container in template["spec"]["containers"]:
+            (env,) = [e for e in container["env"] if e["name"] == config.api_key_env]
+            ref = env["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == gen.SECRETS and not ref.get("optional", False)
+
+
+@pytest.mark.parametrize("variant", sorted(RAYSERVICES))
+def test_rays_own_listeners_require_rays_token(variant: str) -> None:
+    """The dashboard (and Jobs API), GCS and Serve's replica gRPC listeners bind beyond loopback on a pod; Ray token
+    auth makes them refuse calls without the cluster's token. No explicit public dashboard-host either."""
+    cluster = RAYSERVICES[variant]["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host") in (None, "127.0.0.1", "localhost")
+    for group in cluster["workerGroupSpecs"]:
+        assert "dashboard-host" not in group["rayStartParams"]

@@ -12,7 +12,7 @@ from serve_app.entrypoints.builder import build_app, generator_options
 from serve_app.config import AppConfig
 from pab.runtime.request.params import RequestError
 from pab.runtime.request.resolve import check_limits
-from serve_app.errors import APIError, from_request_error
+from serve_app.errors import from_request_error
 from serve_app.schemas import GenerationRequest
 
 CONFIGS = Path(__file__).resolve().parents[2] / "serve_app" / "configs"
