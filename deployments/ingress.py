@@ -9,8 +9,8 @@ ingress replica answers for any job.
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures of the Serve ingress class at runtime.
 import asyncio
-import json
 import logging
+import secrets
 import time
 from typing import Annotated, Any, Literal
 
@@ -30,6 +30,7 @@ from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error
+from serve_app.http_body import FORM_TYPE, check_content_type, form_fields, parse_json
 from serve_app.retention import RetentionSweeper
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, Model, ModelList, VideoCreateBody, VideoDeleted, VideoList
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
@@ -67,8 +68,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("pab: unexpected error in %s %s", request.method, request.url.path)
-    return await _api_error(request, server_error(f"internal error: {type(exc).__name__}: {exc}"))
+    """A bug, never the client's input: logged with an id that the answer gives, without the exception's text."""
+    request_id = f"req_{secrets.token_hex(8)}"
+    logger.error("pab: unexpected error %s in %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    error = server_error(f"internal error (request id {request_id}); the server logged the details under this id")
+    return await _api_error(request, error)
 
 
 def _from_pydantic(errors: Any) -> APIError:
@@ -80,19 +84,11 @@ def _from_pydantic(errors: Any) -> APIError:
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
-    """The create body from JSON or a (multipart or urlencoded) form, as a plain dict of fields."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+    """The create body, from JSON or the multipart form the openai SDK sends, as a plain dict of fields."""
+    if check_content_type(request.headers.get("content-type")) == FORM_TYPE:
         form = await request.form()
-        return {k: v for k, v in form.multi_items() if not (isinstance(v, str) and v == "" and k != "prompt")}
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise invalid("the request body must be a JSON object with at least a 'prompt' field", code="invalid_json")
-    return body
+        return form_fields(form.multi_items())
+    return parse_json(await request.body())
 
 
 @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0.1})

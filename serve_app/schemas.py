@@ -15,9 +15,9 @@ Fields left `None` take the served model's defaults; the response carries the va
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from pab.runtime.request.api import API_ALIASES
 from pab.runtime.request.request import PAB_FIELD_DOC, GenerationRequest
@@ -49,26 +49,39 @@ class GenerationResponse(BaseModel):
 
 # ---- OpenAI Videos API ---------------------------------------------------------------------------------------------
 
+def _no_bool(value: Any) -> Any:
+    """JSON `true` is not a number: refuse it instead of reading it as 1."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+
+
 class VideoCreateBody(BaseModel):
     r"""
     The body of `POST /v1/videos`, as JSON or multipart form (the openai SDK sends form fields, i.e. strings; lax
-    mode coerces them). Besides OpenAI's fields it takes the generation knobs, under short names or the diffusers
-    names (`steps` / `num_inference_steps`, `frames` / `num_frames`, `guidance_scale` / `guidance`).
+    mode reads numbers from them). Besides OpenAI's fields it takes the generation knobs, under short names or the
+    diffusers names (`steps` / `num_inference_steps`, `frames` / `num_frames`, `guidance_scale` / `guidance`).
+    Numbers are finite and never booleans; every field has a bound, so no value can overflow what follows.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    prompt: str
-    model: str | None = None
-    seconds: float | None = Field(None, gt=0)
-    size: str | None = None
-    input_reference: Any = None
-    frames: int | None = Field(None, ge=1, validation_alias=AliasChoices(*API_ALIASES["frames"]))
-    steps: int | None = Field(None, ge=1, validation_alias=AliasChoices(*API_ALIASES["steps"]))
-    guidance_scale: float | None = Field(None, ge=0, validation_alias=AliasChoices(*API_ALIASES["guidance_scale"]))
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    negative_prompt: str = ""
-    fps: int | None = Field(None, ge=1, le=120)
+    prompt: str = Field(max_length=10_000, description="what to generate")
+    model: str | None = Field(None, max_length=256, description="the served model's name (GET /v1/models)")
+    seconds: Float | None = Field(None, gt=0, le=3600, description="duration; frames = seconds x fps, rounded")
+    size: str | None = Field(None, max_length=32, description="'WIDTHxHEIGHT', e.g. '16x16'")
+    input_reference: Any = Field(None, description="not supported by this server (image-to-video)")
+    frames: Int | None = Field(None, ge=1, le=1024, validation_alias=AliasChoices(*API_ALIASES["frames"]))
+    steps: Int | None = Field(None, ge=1, le=1000, validation_alias=AliasChoices(*API_ALIASES["steps"]))
+    guidance_scale: Float | None = Field(None, ge=0, le=100,
+                                         validation_alias=AliasChoices(*API_ALIASES["guidance_scale"]))
+    seed: Int | None = Field(None, ge=0, le=2**63 - 1)
+    negative_prompt: str = Field("", max_length=10_000)
+    fps: Int | None = Field(None, ge=1, le=120)
     pab: str | dict[str, Any] | None = Field(None, description=PAB_FIELD_DOC)
 
 

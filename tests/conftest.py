@@ -11,6 +11,7 @@ Outside it the fixtures skip the tests that need them (with the reason above).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -189,6 +190,7 @@ def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     serve.delete(APP_NAME)
 
 
+ALICE_KEY = "sk-pab-alice"
 SHAPES_APP = "pab-shapes"
 SHAPES_ROUTE = "/shapes"
 
@@ -216,6 +218,9 @@ def shapes_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         storage={"url": store_dir, "progress_interval_s": 0.0},
         engine={"max_batch_size": 3, "batch_wait_ms": 100, "lease_s": 10.0},
         max_ongoing_requests=12,
+        # a second tenant beside the single key's "default" one, by its key's hash (no secret in the config)
+        api_keys=[{"tenant": "alice", "key_sha256": hashlib.sha256(ALICE_KEY.encode()).hexdigest(),
+                   "max_queued_jobs": 2}],
     )
     serve.run(build_app(config), name=SHAPES_APP, route_prefix=SHAPES_ROUTE)
     yield PabApp(url=serve_http + SHAPES_ROUTE, config=config, store=JobStore(store_dir), store_path=Path(store_dir))

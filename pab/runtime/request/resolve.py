@@ -22,6 +22,10 @@ from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationPar
 from pab.runtime.request.request import GENERATION_FIELDS, GenerationRequest
 
 
+MAX_NAME_CHARS = 64
+"""Longest name a client may give its own PAB setting (metrics label it `custom` whatever it is)."""
+
+
 class Limits(Protocol):
     """Upper bounds on one request (`serve_app.config.LimitsConfig`); `max_work` bounds frames x pixels x steps."""
 
@@ -53,6 +57,9 @@ def resolve_pab(value: Any, adapter: str | None, default: str | PABConfig = "non
     if not isinstance(value, Mapping):
         raise PABConfigError(f"pab must be a preset name or an object, got {type(value).__name__}")
     overrides = dict(value)
+    name = overrides.get("name")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS):
+        raise PABConfigError(f"name must be a string of 1 to {MAX_NAME_CHARS} characters, got {str(name)[:40]!r}")
     preset = overrides.pop("preset", None)
     base = default if preset is None else preset
     merged = (base if isinstance(base, PABConfig) else get_preset(base, adapter)).to_dict()
@@ -121,6 +128,9 @@ def resolve(
         pab = resolve_pab(request.pab, card.adapter, default_pab)
     except PABConfigError as exc:
         raise RequestError("pab", f"pab: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a client's object of the wrong shape
+        raise RequestError("pab", f"pab: not a PAB setting this server reads ({type(exc).__name__}: {exc}); "
+                           "send a preset name or an object such as {'preset': 'PAB-246', 'spatial': {'range': 3}}") from None
     resolved = request.model_copy(update={**filled, "model": card.name, "pab": pab.to_dict() if pab else None})
     if limits is not None:
         check_limits(resolved, limits)
