@@ -80,10 +80,15 @@ def test_the_sdk_sends_pab_overrides_and_bad_seconds_as_multipart(pab_app):
 
 
 def test_a_500_answers_with_a_request_id_and_never_the_exception_text(caplog):
-    from deployments.ingress import _unexpected_error
+    from deployments.ingress import _unexpected_error, logger
 
+    logger.addHandler(caplog.handler)  # Ray's serve logger need not propagate to the root logger
     request = SimpleNamespace(method="GET", url=SimpleNamespace(path="/v1/videos"))
-    response = asyncio.run(_unexpected_error(request, RuntimeError("secret /etc/internal/path")))
+    try:
+        response = asyncio.run(_unexpected_error(request, RuntimeError("secret /etc/internal/path")))
+    finally:
+        logger.removeHandler(caplog.handler)
+
     body = json.loads(response.body)["error"]
     assert response.status_code == 500 and "secret" not in body["message"] and "RuntimeError" not in body["message"]
     request_id = body["message"].split("request id ")[1].split(")")[0]
