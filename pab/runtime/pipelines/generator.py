@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from pab.adapters import UnsupportedModelError, adapter_for
+from pab.adapters import UnsupportedModelError, adapter_for, pipeline_transformers
 from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
 from pab.presets import get_preset
-from pab.runtime.pipelines.loading import call_defaults, pipeline_defaults
+from pab.stats import PABStats
+from pab.runtime.pipelines.loading import call_defaults, fixed_call_kwargs, pipeline_defaults
 from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
 
 OnStep = Callable[[int, int], None]
@@ -69,6 +70,7 @@ def _call_kwargs(pipeline: DiffusionPipeline, params: GenerationParams) -> dict[
         declared = getattr(getattr(pipeline, "tokenizer", None), "model_max_length", None) or math.inf
         text_len = pipeline.transformer.config.get("max_text_seq_length") or min(accepted["max_sequence_length"], declared)
         kwargs["max_sequence_length"] = int(text_len)
+    kwargs.update(fixed_call_kwargs(pipeline))
     return kwargs
 
 
@@ -110,14 +112,20 @@ class VideoGenerator:
                 raise
             self.adapter = None
         self.pab_config = self.resolve_pab(pab) if self.adapter is not None else None
-        self._handle: PABHandle | None = (
-            apply_pab(pipeline.transformer, self.pab_config, self.adapter) if self.adapter is not None else None
-        )
+        # one handle per denoising expert (Wan 2.2 A14B has two): each keeps its own counters and caches
+        self._handles: list[PABHandle] = [
+            apply_pab(transformer, self.pab_config, self.adapter) for _, transformer in pipeline_transformers(pipeline)
+        ] if self.adapter is not None else []
         self._lock = threading.Lock()
 
     @property
     def pab_handle(self) -> PABHandle | None:
-        return self._handle
+        """The first expert's handle (the only one for single-transformer pipelines)."""
+        return self._handles[0] if self._handles else None
+
+    @property
+    def pab_handles(self) -> tuple[PABHandle, ...]:
+        return tuple(self._handles)
 
     def resolve_pab(self, pab: PABConfig | str | Mapping[str, Any] | None) -> PABConfig:
         """A preset name, a config dict (`PABConfig.to_dict()` form) or a config -> `PABConfig` for this model."""
@@ -159,10 +167,10 @@ class VideoGenerator:
         config = self.resolve_pab(pab) if pab is not None else self.pab_config
         kwargs = _call_kwargs(self.pipeline, params)
         with self._lock:
-            if self._handle is not None:
-                if self._handle.config != config:
-                    self._handle.configure(config)
-                self._handle.reset()
+            for handle in self._handles:
+                if handle.config != config:
+                    handle.configure(config)
+                handle.reset()
             marks = {"start": time.perf_counter()}
             marks["denoised"] = marks["start"]
 
@@ -176,7 +184,7 @@ class VideoGenerator:
             output = self.pipeline(**kwargs, generator=generator, callback_on_step_end=step_end)
             frames = to_uint8(output.frames[0])
             end = time.perf_counter()
-            stats = self._handle.stats.to_dict() if self._handle is not None else {}
+            stats = combined_stats([h.stats for h in self._handles]).to_dict() if self._handles else {}
         expected = (params.num_frames, params.height, params.width, 3)
         if frames.shape != expected:
             raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}; validate_params misses a rule")
@@ -185,4 +193,21 @@ class VideoGenerator:
             "decode_s": end - marks["denoised"],
             "total_s": end - marks["start"],
         }
-        return GenerationResult(frames, stats, timings, params, config.to_dict() if self._handle is not None else None)
+        return GenerationResult(frames, stats, timings, params, config.to_dict() if self._handles else None)
+
+
+def combined_stats(parts: list[PABStats]) -> PABStats:
+    """One generation's stats over several experts' handles (each counted its own modules and collectives)."""
+    if len(parts) == 1:
+        return parts[0]
+    total = PABStats(preset=parts[0].preset)
+    for part in parts:
+        total.forwards += part.forwards
+        for kind, counts in part.kinds.items():
+            into = total.kinds[kind]
+            into.calls, into.computed = into.calls + counts.calls, into.computed + counts.computed
+            into.broadcast += counts.broadcast
+        for mine, theirs in ((total.issued, part.issued), (total.skipped, part.skipped)):
+            for key, counter in theirs.items():
+                mine.setdefault(key, type(counter)()).add(counter.bytes, counter.calls)
+    return total

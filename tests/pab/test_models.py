@@ -1,0 +1,110 @@
+"""Every supported transformer family through the PAB model checks (`model_mixin.PABModelTesterMixin`).
+
+Each class builds the family's tiny real-architecture transformer (`pab.runtime.models.tiny`) and feeds it inputs
+shaped the way its diffusers pipeline does (latent layout, text, masks, RoPE, CFG passes).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from diffusers import AllegroPipeline
+
+from pab.runtime.models import tiny
+
+from .model_mixin import PABModelTesterMixin
+
+TEXT_LEN = 6
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _text(batch: int, seed: int, length: int = TEXT_LEN) -> torch.Tensor:
+    return _randn(batch, length, tiny.TEXT_DIM, seed=seed)
+
+
+def _text_mask(batch: int, length: int = TEXT_LEN) -> torch.Tensor:
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[:, -2:] = 0  # padded prompt tokens, as the pipelines' tokenizers produce
+    return mask
+
+
+class TestLatte(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_latte_transformer)
+    expected_modules = {"spatial": 2, "temporal": 2, "cross": 2, "mlp": 4}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, tiny.LATTE_FRAMES, 8, 8, seed=0),
+                "encoder_hidden_states": _text(batch, text_seed, 5)}
+
+
+class TestCogVideoX(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_cogvideox_transformer)
+    expected_modules = {"spatial": 2, "mlp": 2}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:  # [B, F, C, H, W]; text of the table's length
+        return {"hidden_states": _randn(batch, 3, 4, 8, 8, seed=0), "encoder_hidden_states": _text(batch, text_seed, 16)}
+
+
+class TestWan(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_wan_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+    cfg_contexts = ("cond", "uncond")
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, 3, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed)}
+
+
+class TestHunyuanVideo(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_hunyuan_transformer)
+    expected_modules = {"spatial": 4, "mlp": 2}  # 2 dual-stream + 2 single-stream joint attentions
+    cfg_contexts = ("cond", "uncond")  # true CFG (true_cfg_scale > 1); distilled guidance runs "cond" only
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, 3, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch), "pooled_projections": _randn(batch, 32, seed=text_seed),
+                "guidance": torch.full((batch,), 6000.0)}
+
+
+class TestAllegro(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_allegro_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        frames, size = 3, 8
+        transformer = tiny.tiny_allegro_transformer()  # only its config is read: the pipeline's 3D RoPE tables
+        rope = AllegroPipeline._prepare_rotary_positional_embeddings(
+            SimpleNamespace(vae_scale_factor_spatial=1, transformer=transformer), batch, size, size, frames, "cpu")
+        return {"hidden_states": _randn(batch, 4, frames, size, size, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch), "image_rotary_emb": rope}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Mochi's transformer timestep rises during denoising (1000 - noise level; adapter.timestep_reversed): pab.hooks "
+    "reads it raw, so every forward looks like a new generation. Needs TimestepHook to read 1000 - t for "
+    "timestep_reversed adapters (reported to the lead; pab/hooks.py belongs to another helper)."))
+class TestMochi(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_mochi_transformer)
+    expected_modules = {"spatial": 2, "mlp": 2}
+    cfg_contexts = ("cond_uncond",)
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 12, 2, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch)}
+
+
+class TestLTXVideo(PABModelTesterMixin):
+    build_transformer = staticmethod(tiny.tiny_ltx_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+    cfg_contexts = ("cond_uncond",)
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:  # patchified tokens [B, F*H*W, C]
+        frames, size = 3, 4
+        return {"hidden_states": _randn(batch, frames * size * size, 8, seed=0),
+                "encoder_hidden_states": _text(batch, text_seed), "encoder_attention_mask": _text_mask(batch),
+                "num_frames": frames, "height": size, "width": size}
