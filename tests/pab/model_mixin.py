@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
 from pab import BroadcastRule, MLPBroadcastRule, PABConfig, apply_pab, get_preset
-from pab.adapters import adapter_for
+from pab.adapters import adapter_for, pipeline_transformers
 from pab.config import ATTENTION_KINDS, TIMESTEP_SCALE
 from pab.hooks import BROADCAST_HOOK, ROOT_HOOK
+from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline, to_uint8
+from pab.runtime.pipelines.generator import _call_kwargs
 
 STEPS = 30
 
@@ -259,3 +262,53 @@ def _check_reuse_stays_in_its_pass(calls: list[tuple[Where, str, str, Any]]) -> 
             assert all(out is not v for (p, _), v in last.items() if p != driven), f"{name} in pass {driven} reused another pass"
             last[(driven, name)] = out
     return broadcasts
+
+
+class PABPipelineTesterMixin:
+    """The same rule, end to end: a family's tiny pipeline (`model`, a `RANDOM_MODELS` name) through `VideoGenerator`.
+
+    The noise levels each expert transformer sees are recorded from its forward arguments, and the generator's stats
+    must equal the closed form for them, per kind, per CFG pass and per expert (Wan 2.2: each expert's modules count
+    their own steps from 0).
+    """
+
+    model: str
+    steps: int = 10
+
+    def params(self, **overrides: Any) -> GenerationParams:
+        return GenerationParams(**{"prompt": "a red car drives fast", "seed": 3, "num_inference_steps": self.steps,
+                                   **overrides})
+
+    def test_generator_counts_follow_the_rule(self) -> None:
+        config = RULE_CONFIGS["PAB-246+mlp"]
+        gen = VideoGenerator(load_pipeline(self.model), config)
+        experts = [t for _, t in pipeline_transformers(gen.pipeline)]
+        seen: dict[int, list[float]] = {i: [] for i in range(len(experts))}
+        for i, transformer in enumerate(experts):
+            reversed_ = adapter_for(transformer).timestep_reversed
+            transformer.register_forward_pre_hook(lambda m, a, k, i=i, r=reversed_: seen[i].append(
+                TIMESTEP_SCALE - float(k["timestep"].max()) if r else float(k["timestep"].max())), with_kwargs=True)
+        stats = gen.generate(self.params()).stats
+        assert len(gen.pab_handles) == len(experts) and all(seen.values()), "every expert hooked and used"
+        expected = {kind: [0, 0] for kind in (*ATTENTION_KINDS, "mlp")}
+        for i, handle in enumerate(gen.pab_handles):
+            timesteps = sorted(set(seen[i]), key=seen[i].index)  # one entry per step, whatever the passes
+            passes = len(seen[i]) // len(timesteps)
+            for kind, (calls, broadcast) in expected_counts(handle, timesteps, config, passes).items():
+                expected[kind][0] += calls
+                expected[kind][1] += broadcast
+        got = {kind: [counts["calls"], counts["broadcast"]] for kind, counts in stats["kinds"].items()}
+        assert got == expected
+        assert all(c["calls"] == c["computed"] + c["broadcast"] for c in stats["kinds"].values())
+        assert 0 < stats["kinds"]["spatial"]["broadcast"] < stats["kinds"]["spatial"]["calls"]
+        assert stats["forwards"] == sum(len(v) for v in seen.values()) and stats["preset"] == config.name
+
+    def test_generator_with_pab_none_equals_the_plain_pipeline(self) -> None:
+        params = self.params(seed=5)
+        gen = VideoGenerator(load_pipeline(self.model), "none")
+        result = gen.generate(params)
+        plain = load_pipeline(self.model)
+        resolved = result.params
+        frames = plain(**_call_kwargs(plain, resolved), generator=torch.Generator().manual_seed(resolved.seed)).frames[0]
+        assert np.array_equal(result.frames, to_uint8(frames))
+        assert result.stats["attention"]["broadcast"] == 0 and result.stats["attention"]["calls"] > 0

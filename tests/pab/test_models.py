@@ -1,13 +1,13 @@
-"""Every supported transformer family through the PAB model checks (`model_mixin.PABModelTesterMixin`).
-
-Each class builds the family's tiny real-architecture transformer (`pab.runtime.models.tiny`) and feeds it inputs
-shaped the way its diffusers pipeline does (latent layout, text, masks, RoPE, CFG passes).
+"""Every supported model family through the PAB checks of `model_mixin`: its tiny real-architecture transformer
+(`PABModelTesterMixin`, fed inputs shaped the way its diffusers pipeline does: latent layout, text, masks, RoPE, CFG
+passes) and its tiny pipeline through `VideoGenerator` (`PABPipelineTesterMixin`).
 """
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -15,9 +15,22 @@ from diffusers import AllegroPipeline
 
 from pab.runtime.models import tiny
 
-from .model_mixin import PABModelTesterMixin
+from .model_mixin import PABModelTesterMixin, PABPipelineTesterMixin
 
 TEXT_LEN = 6
+
+REVERSED_TIMESTEPS = pytest.mark.xfail(strict=True, reason=(
+    "Mochi's transformer timestep rises during denoising (1000 - noise level; adapter.timestep_reversed): pab.hooks "
+    "reads it raw, so every forward looks like a new generation and nothing is ever broadcast. Needs TimestepHook to "
+    "read 1000 - t for timestep_reversed adapters (reported to the lead; pab/hooks.py belongs to another helper)."))
+
+
+def _expect_failure(test: Callable[..., None]) -> Callable[..., None]:
+    """A copy of a mixin test marked for one family only (marking the mixin's function would mark every family)."""
+    @functools.wraps(test)
+    def copy(self: Any, *args: Any, **kwargs: Any) -> None:
+        test(self, *args, **kwargs)
+    return REVERSED_TIMESTEPS(copy)
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -34,7 +47,8 @@ def _text_mask(batch: int, length: int = TEXT_LEN) -> torch.Tensor:
     return mask
 
 
-class TestLatte(PABModelTesterMixin):
+class TestLatte(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-latte"
     build_transformer = staticmethod(tiny.tiny_latte_transformer)
     expected_modules = {"spatial": 2, "temporal": 2, "cross": 2, "mlp": 4}
 
@@ -43,7 +57,8 @@ class TestLatte(PABModelTesterMixin):
                 "encoder_hidden_states": _text(batch, text_seed, 5)}
 
 
-class TestCogVideoX(PABModelTesterMixin):
+class TestCogVideoX(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-cogvideox"
     build_transformer = staticmethod(tiny.tiny_cogvideox_transformer)
     expected_modules = {"spatial": 2, "mlp": 2}
 
@@ -51,7 +66,8 @@ class TestCogVideoX(PABModelTesterMixin):
         return {"hidden_states": _randn(batch, 3, 4, 8, 8, seed=0), "encoder_hidden_states": _text(batch, text_seed, 16)}
 
 
-class TestWan(PABModelTesterMixin):
+class TestWan(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-wan"
     build_transformer = staticmethod(tiny.tiny_wan_transformer)
     expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
     cfg_contexts = ("cond", "uncond")
@@ -60,7 +76,8 @@ class TestWan(PABModelTesterMixin):
         return {"hidden_states": _randn(batch, 4, 3, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed)}
 
 
-class TestHunyuanVideo(PABModelTesterMixin):
+class TestHunyuanVideo(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-hunyuan"
     build_transformer = staticmethod(tiny.tiny_hunyuan_transformer)
     expected_modules = {"spatial": 4, "mlp": 2}  # 2 dual-stream + 2 single-stream joint attentions
     cfg_contexts = ("cond", "uncond")  # true CFG (true_cfg_scale > 1); distilled guidance runs "cond" only
@@ -71,7 +88,8 @@ class TestHunyuanVideo(PABModelTesterMixin):
                 "guidance": torch.full((batch,), 6000.0)}
 
 
-class TestAllegro(PABModelTesterMixin):
+class TestAllegro(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-allegro"
     build_transformer = staticmethod(tiny.tiny_allegro_transformer)
     expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
 
@@ -84,11 +102,8 @@ class TestAllegro(PABModelTesterMixin):
                 "encoder_attention_mask": _text_mask(batch), "image_rotary_emb": rope}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Mochi's transformer timestep rises during denoising (1000 - noise level; adapter.timestep_reversed): pab.hooks "
-    "reads it raw, so every forward looks like a new generation. Needs TimestepHook to read 1000 - t for "
-    "timestep_reversed adapters (reported to the lead; pab/hooks.py belongs to another helper)."))
-class TestMochi(PABModelTesterMixin):
+class TestMochi(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-mochi"
     build_transformer = staticmethod(tiny.tiny_mochi_transformer)
     expected_modules = {"spatial": 2, "mlp": 2}
     cfg_contexts = ("cond_uncond",)
@@ -97,8 +112,16 @@ class TestMochi(PABModelTesterMixin):
         return {"hidden_states": _randn(batch, 12, 2, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed),
                 "encoder_attention_mask": _text_mask(batch)}
 
+    # everything that counts steps; PAB off and the unhooked pipeline agree already
+    test_pab_off_is_bit_identical = _expect_failure(PABModelTesterMixin.test_pab_off_is_bit_identical)
+    test_rule_counts_per_kind = _expect_failure(PABModelTesterMixin.test_rule_counts_per_kind)
+    test_cfg_passes_keep_their_own_cache = _expect_failure(PABModelTesterMixin.test_cfg_passes_keep_their_own_cache)
+    test_remove_restores_model = _expect_failure(PABModelTesterMixin.test_remove_restores_model)
+    test_generator_counts_follow_the_rule = _expect_failure(PABPipelineTesterMixin.test_generator_counts_follow_the_rule)
 
-class TestLTXVideo(PABModelTesterMixin):
+
+class TestLTXVideo(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-ltx"
     build_transformer = staticmethod(tiny.tiny_ltx_transformer)
     expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
     cfg_contexts = ("cond_uncond",)
@@ -108,3 +131,9 @@ class TestLTXVideo(PABModelTesterMixin):
         return {"hidden_states": _randn(batch, frames * size * size, 8, seed=0),
                 "encoder_hidden_states": _text(batch, text_seed), "encoder_attention_mask": _text_mask(batch),
                 "num_frames": frames, "height": size, "width": size}
+
+
+class TestWan22(PABPipelineTesterMixin):
+    """The two-expert Wan 2.2 layout: both experts hooked, each counting its own steps (transformers as TestWan)."""
+
+    model = "tiny-wan22"

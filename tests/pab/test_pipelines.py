@@ -218,17 +218,7 @@ def _consistent(stats: dict) -> None:
         assert counts["calls"] == counts["computed"] + counts["broadcast"], kind
 
 
-@pytest.mark.parametrize("name,passes", [("tiny-latte", 1), ("tiny-cogvideox", 1), ("tiny-wan", 2)])
-def test_pab_stats_are_consistent_and_broadcast_in_the_window(name, passes):
-    gen = VideoGenerator(load_pipeline(name), "PAB-246")
-    steps, layers = 10, 2
-    stats = gen.generate(_params(num_inference_steps=steps)).stats
-    _consistent(stats)
-    spatial = stats["kinds"]["spatial"]
-    assert spatial["calls"] == steps * layers * passes  # one call per block per forward, both CFG passes on Wan
-    assert 0 < spatial["broadcast"] < spatial["calls"]
-    assert stats["preset"] == "PAB-246"
-    assert stats["forwards"] == steps * passes
+# Per family (calls, broadcasts per kind and pass, forwards, preset): test_models.py, PABPipelineTesterMixin.
 
 
 def test_preset_none_matches_a_plain_pipeline_call_bit_for_bit():
