@@ -3,17 +3,19 @@
 Names are matched with anchored regular expressions against `named_modules()` paths, so a temporal block's
 `temporal_transformer_blocks.0.attn1` can never be mistaken for the spatial `transformer_blocks.0.attn1`
 (diffusers' own PAB matches unanchored substrings and gives Latte's temporal attention the spatial range).
+Torch-free: it only reads class names and module paths.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from .config import ATTENTION_KINDS
+
+if TYPE_CHECKING:  # annotations only: the adapter table stays torch-free, so `pab.presets` (which serving processes
+    import torch  # import to check preset names) can use it at module level
 
 MLP_KIND = "mlp"
 _BLOCK = r"(?P<block>\d+)"

@@ -6,7 +6,6 @@ processes can check sizes without importing torch.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
@@ -35,17 +34,6 @@ def patch_sizes(transformer: Any) -> tuple[int, int, int]:
     if isinstance(patch, (tuple, list)):
         return tuple(int(p) for p in patch)  # Wan: (t, h, w)
     return int(config.get("patch_size_t") or 1), int(patch), int(patch)
-
-
-_PIPELINE_SIZE_MULTIPLE = {"LattePipeline": 8, "CogVideoXPipeline": 8, "WanPipeline": 16, "HunyuanVideoPipeline": 16,
-                           "AllegroPipeline": 8, "MochiPipeline": 8, "LTXPipeline": 32}
-"""What each pipeline's own `check_inputs` demands of height and width, whatever its VAE compresses (the real VAEs
-compress at least this much; small test VAEs may compress less)."""
-
-
-def size_multiple(pipeline: Any, patch: int) -> int:
-    """Height and width must be multiples of this: VAE scale x patch size, and the pipeline's own rule."""
-    return math.lcm(spatial_scale(pipeline) * patch, _PIPELINE_SIZE_MULTIPLE.get(type(pipeline).__name__, 1))
 
 
 def decode_tiles(pipeline: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adapters import get_adapter
 from .config import ATTENTION_KINDS, BroadcastRule, MLPBroadcastRule, PABConfig, PABConfigError
 
 
@@ -55,8 +56,6 @@ def reference_family(model: Any) -> str:
         return "latte"
     if isinstance(model, str) and model in REFERENCE_DEFAULTS:
         return model
-    from .adapters import get_adapter  # presets stay importable without the adapter table
-
     adapter = model if hasattr(model, "reference") else get_adapter(str(model))
     return adapter.reference
 

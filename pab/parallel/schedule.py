@@ -16,9 +16,9 @@ import torch
 from ..adapters import MLP_KIND, adapter_for
 from ..config import PABConfig
 from ..stats import OTHER_KIND, PABStats
-from .apply import video_tokens
 from .comm import ALL_GATHER, ALL_TO_ALL
 from .config import ParallelConfig
+from .layout import CHANNEL_DIM, video_tokens
 
 Collective = tuple[str, int]  # (op, bytes sent by this rank)
 
@@ -91,7 +91,7 @@ def forward_comm(
     elif two_pass:
         result.passes = ("cond",)
 
-    channel_dim = 2 if model == "cogvideox" else 1  # [B, F, C, H, W] vs [B, C, F, H, W]
+    channel_dim = CHANNEL_DIM.get(model, 1)
     output_elements = local_batch * out_channels * prod(latent_shape[1:]) // latent_shape[channel_dim]
 
     if n > 1:
@@ -117,12 +117,23 @@ def forward_comm(
     return result
 
 
-def predict_stats(comm: ForwardComm, timesteps: Sequence[float], pab: PABConfig | None = None) -> PABStats:
-    """The issued and skipped collectives of one generation, booked like `pab.hooks` books them."""
+def predict_stats(comm: ForwardComm, timesteps: Sequence[float], pab: PABConfig | None = None,
+                  boundary: float | None = None) -> PABStats:
+    """The issued and skipped collectives of one generation, booked like `pab.hooks` books them.
+
+    With a two-expert pipeline (Wan 2.2), `boundary` is the timestep at which it switches from the first expert
+    (t >= boundary) to the second; both experts have the same layout (`comm`) and each counts its own steps.
+    """
     pab = pab or PABConfig.disabled()
     stats = PABStats(preset=pab.name)
+    experts: dict[bool, int] = {}
+    steps = []  # each step's counter within its expert
+    for timestep in timesteps:
+        first = boundary is None or timestep >= boundary
+        steps.append(experts.setdefault(first, 0))
+        experts[first] += 1
     for pass_name in comm.passes:
-        for step, timestep in enumerate(timesteps):
+        for step, timestep in zip(steps, timesteps):
             for op, nbytes in comm.other:
                 stats.book_issued(OTHER_KIND, op, nbytes)
             for kind, count in comm.modules.items():

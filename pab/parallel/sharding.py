@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
 from .comm import all_gather, shard
-from .config import ParallelConfigError
 
 
 class BoundCall:
@@ -137,7 +136,3 @@ class ShapeCheckHook(ModelHook):
         self.check(BoundCall(module, args, kwargs).get("hidden_states"))
         return args, kwargs
 
-
-def require_divisible(value: int, n: int, what: str, field: str, advice: str) -> None:
-    if value % n:
-        raise ParallelConfigError(f"{what} = {value} is not divisible by sp_degree = {n}; {advice}", field)

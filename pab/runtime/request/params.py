@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from pab.geometry import decode_tiles, patch_sizes, size_multiple, spatial_scale, temporal_scale
+from pab.geometry import decode_tiles, patch_sizes, spatial_scale, temporal_scale
 
 if TYPE_CHECKING:  # annotations only: importing them is what this module exists to avoid
     from diffusers import DiffusionPipeline
@@ -124,12 +124,11 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
     patch_t, patch_h, patch_w = patch_sizes(transformer)
     scale = spatial_scale(pipeline)
     for name, patch in (("height", patch_h), ("width", patch_w)):
-        value, multiple = getattr(params, name), size_multiple(pipeline, patch)
+        value, multiple = getattr(params, name), scale * patch
         if value is None or value % multiple:
             near = max(multiple, round((value or 0) / multiple) * multiple)
             raise GenerationParamsError(
-                name, f"must be a multiple of {multiple} for this model (VAE x{scale} x patch {patch}, and what "
-                f"{type(pipeline).__name__} accepts), got {value}; try {near}"
+                name, f"must be a multiple of {multiple} for this model (VAE x{scale} x patch {patch}), got {value}; try {near}"
             )
     frames = params.num_frames
     if frames is None:
