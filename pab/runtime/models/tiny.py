@@ -359,6 +359,12 @@ def tiny_wan_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
     return _assemble(WanPipeline, tiny_umt5_encoder(seed), vae, transformer, scheduler)
 
 
+def _four_block_vae(cls: type[torch.nn.Module], seed: int, blocks: str, **config: Any) -> Any:
+    """A 3D VAE of four 8-channel `{blocks}DownBlock3D` / `UpBlock3D` stages (8x spatial), 4 latent channels."""
+    return _build(cls, seed, dict(down_block_types=(f"{blocks}DownBlock3D",) * 4, up_block_types=(f"{blocks}UpBlock3D",) * 4,
+                                  block_out_channels=(8,) * 4, latent_channels=4, layers_per_block=1), config)
+
+
 def tiny_wan22_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
     """Wan 2.2 A14B layout: a high-noise expert (`transformer`, t >= boundary) and a low-noise one (`transformer_2`);
     boundary_ratio 0.875 as the T2V A14B checkpoint ships."""
@@ -370,16 +376,8 @@ def tiny_wan22_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
 def tiny_hunyuan_pipeline(seed: int = 0, *, num_layers: int = 2) -> HunyuanVideoPipeline:
     """HunyuanVideoPipeline: Llama + CLIP text encoders, 8x spatial / 4x temporal causal 3D VAE, flow matching with
     shift 7 as tencent/HunyuanVideo ships; guidance is distilled into the transformer (one forward per step)."""
-    vae = _build(AutoencoderKLHunyuanVideo, seed, dict(
-        latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-    ), {})
+    vae = _four_block_vae(AutoencoderKLHunyuanVideo, seed, "HunyuanVideo", norm_num_groups=4,
+                          spatial_compression_ratio=8, temporal_compression_ratio=4)
     transformer = tiny_hunyuan_transformer(seed, num_layers=num_layers)
     return _assemble(HunyuanVideoPipeline, tiny_llama_encoder(seed), vae, transformer,
                      FlowMatchEulerDiscreteScheduler(shift=7.0),
@@ -393,16 +391,8 @@ template, so the prompt goes in as written (what diffusers' own fast tests pass)
 
 def tiny_allegro_pipeline(seed: int = 0, *, num_layers: int = 2) -> AllegroPipeline:
     """AllegroPipeline: 8x spatial / 4x temporal VAE (tiled decoding only, see `ALLEGRO_SIZE`), DDIM."""
-    vae = _build(AutoencoderKLAllegro, seed, dict(
-        down_block_types=("AllegroDownBlock3D",) * 4,
-        up_block_types=("AllegroUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=2,
-        temporal_compression_ratio=4,
-        sample_size=ALLEGRO_SIZE,
-    ), {})
+    vae = _four_block_vae(AutoencoderKLAllegro, seed, "Allegro", norm_num_groups=2, temporal_compression_ratio=4,
+                          sample_size=ALLEGRO_SIZE)
     vae.enable_tiling()  # diffusers implements Allegro's decode only tiled
     scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False,
                               timestep_spacing="linspace")
