@@ -3,17 +3,19 @@
 Names are matched with anchored regular expressions against `named_modules()` paths, so a temporal block's
 `temporal_transformer_blocks.0.attn1` can never be mistaken for the spatial `transformer_blocks.0.attn1`
 (diffusers' own PAB matches unanchored substrings and gives Latte's temporal attention the spatial range).
+Torch-free: it only reads class names and module paths.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from .config import ATTENTION_KINDS
+
+if TYPE_CHECKING:  # annotations only: the adapter table stays torch-free, so `pab.presets` (which serving processes
+    import torch  # import to check preset names) can use it at module level
 
 MLP_KIND = "mlp"
 _BLOCK = r"(?P<block>\d+)"
@@ -37,6 +39,9 @@ class ModelAdapter:
         reference (`str`): Key of the paper's reference defaults in `pab.presets.REFERENCE_DEFAULTS`.
         sp_strategy (`str`): Sequence-parallel scheme that fits the attention layout: "dsp" or "ulysses".
         pipeline_class (`str`): The diffusers pipeline class that drives this transformer.
+        timestep_reversed (`bool`): The transformer's `timestep` argument rises during denoising (Mochi: it is
+            1000 minus the noise level). PAB's windows and its new-generation rule are on the noise level, so the
+            hooks must read `TIMESTEP_SCALE - timestep` for such a model.
     """
 
     name: str
@@ -46,6 +51,7 @@ class ModelAdapter:
     reference: str = "cogvideox"
     sp_strategy: Literal["dsp", "ulysses"] = "ulysses"
     pipeline_class: str = ""
+    timestep_reversed: bool = False
     _compiled: dict[str, tuple[re.Pattern[str], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +122,8 @@ ADAPTERS: dict[str, ModelAdapter] = {
         ModelAdapter(
             name="hunyuanvideo",
             transformer_classes=("HunyuanVideoTransformer3DModel",),
+            # dual-stream and single-stream blocks both attend jointly over video + text tokens; `ff` is the dual
+            # blocks' video MLP (the single blocks' MLP runs in parallel with attention, inside one projection)
             patterns={
                 "spatial": _attn("transformer_blocks.{i}.attn", "single_transformer_blocks.{i}.attn"),
                 "mlp": _attn("transformer_blocks.{i}.ff"),
@@ -132,15 +140,17 @@ ADAPTERS: dict[str, ModelAdapter] = {
                 "cross": _attn("transformer_blocks.{i}.attn2"),
                 "mlp": _attn("transformer_blocks.{i}.ff"),
             },
-            reference="opensora-plan-v1.2",
+            reference="allegro",
             pipeline_class="AllegroPipeline",
         ),
         ModelAdapter(
             name="mochi",
             transformer_classes=("MochiTransformer3DModel",),
+            # attn1 is the joint (video + text) attention; `ff` is the video stream's MLP (`ff_context` is text's)
             patterns={"spatial": _attn("transformer_blocks.{i}.attn1"), "mlp": _attn("transformer_blocks.{i}.ff")},
             reference="cogvideox",
             pipeline_class="MochiPipeline",
+            timestep_reversed=True,
         ),
         ModelAdapter(
             name="ltx-video",
@@ -155,6 +165,17 @@ ADAPTERS: dict[str, ModelAdapter] = {
         ),
     )
 }
+
+
+EXPERT_ATTRS: tuple[str, ...] = ("transformer", "transformer_2")
+"""Pipeline attributes holding denoising transformers; Wan 2.2 A14B switches from the first (high noise) to the
+second (low noise) at `boundary_ratio`, and each expert needs its own hooks and caches."""
+
+
+def pipeline_transformers(pipeline: Any) -> list[tuple[str, torch.nn.Module]]:
+    """(attribute, transformer) for every denoising expert a pipeline holds, in the order it uses them."""
+    experts = [(attr, getattr(pipeline, attr, None)) for attr in EXPERT_ATTRS]
+    return [(attr, module) for attr, module in experts if module is not None]
 
 
 def get_adapter(name: str) -> ModelAdapter:

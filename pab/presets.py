@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .adapters import get_adapter
 from .config import ATTENTION_KINDS, BroadcastRule, MLPBroadcastRule, PABConfig, PABConfigError
 
 
@@ -12,7 +13,8 @@ def _rules(window: tuple[float, float], spatial: int | None, temporal: int | Non
     return {k: None if r is None else BroadcastRule(range=r, window=window) for k, r in ranges.items()}
 
 
-# VideoSys reference defaults (PAPER.md, "Reference defaults"): model family -> PABConfig.
+# VideoSys reference defaults (PAPER.md, "Reference defaults"; VideoSys' per-pipeline `*PABConfig` classes): model
+# family -> PABConfig. docs/MODELS.md says which adapter uses which, and which of those borrow another family's.
 REFERENCE_DEFAULTS: dict[str, PABConfig] = {
     "opensora": PABConfig(
         **_rules((450, 930), 2, 4, 6),
@@ -31,6 +33,12 @@ REFERENCE_DEFAULTS: dict[str, PABConfig] = {
     ),
     "opensora-plan-v1.2": PABConfig(**_rules((100, 850), 2, None, 6), name="reference:opensora-plan-v1.2"),
     "cogvideox": PABConfig(**_rules((100, 850), 2, None, None), name="reference:cogvideox"),
+    # VideoSys `AllegroPABConfig` (videosys/pipelines/allegro/pipeline_allegro.py): Open-Sora-Plan v1.1's values
+    "allegro": PABConfig(
+        **_rules((100, 850), 2, 4, 6),
+        mlp=MLPBroadcastRule(blocks=tuple(range(7)), timesteps=tuple(range(738, 425, -24)), range=2),
+        name="reference:allegro",
+    ),
     "vchitect": PABConfig(**_rules((100, 800), 2, 4, 6), name="reference:vchitect"),
 }
 
@@ -48,8 +56,6 @@ def reference_family(model: Any) -> str:
         return "latte"
     if isinstance(model, str) and model in REFERENCE_DEFAULTS:
         return model
-    from .adapters import get_adapter  # presets stay importable without the adapter table
-
     adapter = model if hasattr(model, "reference") else get_adapter(str(model))
     return adapter.reference
 

@@ -1,8 +1,9 @@
 """`apply_parallel`: one entry point that shards a pipeline's transformer forward over a replica's processes.
 
 Every rank runs the same pipeline loop (text encoding, scheduler, VAE) with the same seed; only the transformer
-forward is split. Apply this BEFORE `pab.hooks.apply_pab`, so that PAB's hooks wrap the parallel attention (a
-broadcast then skips its collectives) and PAB's root scope books the input/output collectives as "other".
+forward is split (each expert's, for a two-expert Wan 2.2 pipeline). Apply this BEFORE `pab.hooks.apply_pab`, so that
+PAB's hooks wrap the parallel attention (a broadcast then skips its collectives) and PAB's root scope books the
+input/output collectives as "other".
 """
 
 from __future__ import annotations
@@ -13,20 +14,14 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
-from ..adapters import ModelAdapter, adapter_for
-from ..geometry import spatial_scale, temporal_scale
+from ..adapters import ModelAdapter, adapter_for, pipeline_transformers
 from .attention import DSPTemporalProcessor, UlyssesAttnProcessor
 from .cfg import BatchCFGHook, TwoPassCFGHook, swap_prompt_embeddings
 from .config import ParallelConfig, ParallelConfigError
+from .diffusers_cp import enable_diffusers_ulysses
 from .groups import ParallelGroups, build_groups
-from .rules import check_latents, latent_shape
-from .sharding import (
-    GatherOutputHook,
-    LatteFrameShardHook,
-    ShapeCheckHook,
-    TextVideoShardHook,
-    TokenLayout,
-)
+from .layout import check_latents, request_latent_shape
+from .sharding import GatherOutputHook, LatteFrameShardHook, ShapeCheckHook, TextVideoShardHook, TokenLayout
 
 SP_HOOK = "pab_parallel_sp"
 CFG_HOOK = "pab_parallel_cfg"
@@ -35,8 +30,26 @@ CHECK_HOOK = "pab_parallel_check"
 BATCH_ARGS: dict[str, tuple[str, ...]] = {
     "latte": ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask"),
     "cogvideox": ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs"),
+    "allegro": ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask"),
+    "mochi": ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask"),
+    "ltx-video": ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords"),
 }
 """Forward arguments that carry the CFG batch, for pipelines that batch [uncond; cond]."""
+
+NO_SEQUENCE_PARALLEL: dict[str, str] = {
+    "hunyuanvideo": "its joint attention runs over video and masked text tokens together and diffusers ships no "
+                    "context-parallel plan for it",
+    "allegro": "its attention processor calls scaled_dot_product_attention itself (no context-parallel hook point "
+               "in diffusers) and applies a 3D RoPE of its own",
+    "mochi": "its joint attention drops each sample's padded text tokens inside the processor (no context-parallel "
+             "hook point in diffusers)",
+}
+"""Families without a sequence split here, and why (the error names the field and says so)."""
+
+NO_CFG_PARALLEL: dict[str, str] = {
+    "hunyuanvideo": "HunyuanVideo's guidance is distilled into the transformer (one forward per step); its true CFG "
+                    "(true_cfg_scale) encodes the negative prompt in a separate call that CFG parallel cannot swap",
+}
 
 
 @dataclass
@@ -48,6 +61,8 @@ class ParallelHandle:
     model: str
     strategy: str
     transformer: torch.nn.Module
+    experts: tuple[torch.nn.Module, ...] = ()
+    """Every denoising transformer split (the first is `transformer`; Wan 2.2 adds `transformer_2`)."""
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
@@ -60,16 +75,15 @@ class ParallelHandle:
 
     def validate_request(self, pipeline: Any, num_frames: int, height: int, width: int) -> None:
         """Request-time check of an output size (pixels) against the split; same rules as each forward applies."""
-        frames = (num_frames - 1) // temporal_scale(pipeline) + 1
-        scale = spatial_scale(pipeline)
-        self.validate_latents(latent_shape(self.model, self.transformer, frames, height // scale, width // scale))
+        self.validate_latents(request_latent_shape(self.model, pipeline, self.transformer, num_frames, height, width))
 
     def remove(self) -> None:
         while self._undo:
             self._undo.pop()()
-        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
-        if getattr(self.transformer, "_pab_parallel", None) is self:
-            del self.transformer._pab_parallel
+        for transformer in self.experts or (self.transformer,):
+            HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+            if getattr(transformer, "_pab_parallel", None) is self:
+                del transformer._pab_parallel
 
 
 def _swap_processor(module: torch.nn.Module, processor: Any, undo: list[Callable[[], None]]) -> None:
@@ -88,8 +102,8 @@ def _attention_modules(adapter: ModelAdapter, transformer: torch.nn.Module, kind
     return [(name, module) for name, k, _, module in adapter.iter_modules(transformer) if k == kind]
 
 
-def _install_latte(handle: ParallelHandle, adapter: ModelAdapter) -> None:
-    transformer, group, n = handle.transformer, handle.groups.sp_group, handle.config.sp_degree
+def _install_latte(handle: ParallelHandle, adapter: ModelAdapter, transformer: torch.nn.Module) -> None:
+    group, n = handle.groups.sp_group, handle.config.sp_degree
     temporal = _attention_modules(adapter, transformer, "temporal")
     spatial = _attention_modules(adapter, transformer, "spatial")
     if handle.strategy == "ulysses":
@@ -109,14 +123,8 @@ def _install_latte(handle: ParallelHandle, adapter: ModelAdapter) -> None:
     _register(transformer, LatteFrameShardHook(group, check), SP_HOOK, handle._undo)
 
 
-def _install_cogvideox(handle: ParallelHandle, adapter: ModelAdapter) -> None:
-    transformer, group, n = handle.transformer, handle.groups.sp_group, handle.config.sp_degree
-    if handle.strategy != "ulysses":
-        raise ParallelConfigError(
-            "strategy='dsp' needs separate spatial and temporal attention; CogVideoX has full 3D attention: use "
-            "strategy='ulysses' or 'auto'",
-            "strategy",
-        )
+def _install_cogvideox(handle: ParallelHandle, adapter: ModelAdapter, transformer: torch.nn.Module) -> None:
+    group, n = handle.groups.sp_group, handle.config.sp_degree
     spatial = _attention_modules(adapter, transformer, "spatial")
     for name, module in spatial:
         UlyssesAttnProcessor.check_module(module, name, n)
@@ -127,83 +135,100 @@ def _install_cogvideox(handle: ParallelHandle, adapter: ModelAdapter) -> None:
     _register(transformer.proj_out, GatherOutputHook(group, dim=1, layout=layout), SP_HOOK, handle._undo)
 
 
-def _install_wan(handle: ParallelHandle, adapter: ModelAdapter) -> None:
-    from .diffusers_cp import enable_diffusers_ulysses  # imports diffusers' attention dispatch only when needed
-
-    transformer, n = handle.transformer, handle.config.sp_degree
-    if handle.strategy != "ulysses":
-        raise ParallelConfigError("strategy='dsp' does not fit Wan's full 3D attention: use 'ulysses' or 'auto'", "strategy")
-    heads = transformer.config.num_attention_heads
+def _install_diffusers_cp(handle: ParallelHandle, adapter: ModelAdapter, transformer: torch.nn.Module) -> None:
+    """Wan and LTX-Video: Ulysses through diffusers' context-parallel plan (see `diffusers_cp`)."""
+    n, heads = handle.config.sp_degree, transformer.config.num_attention_heads
     if heads % n:
         raise ParallelConfigError(
-            f"Wan has {heads} attention heads, not divisible by sp_degree={n}; use an sp_degree dividing {heads}",
+            f"{adapter.name} has {heads} attention heads, not divisible by sp_degree={n}; use an sp_degree "
+            f"dividing {heads}",
             "sp_degree",
         )
-    handle._undo.append(enable_diffusers_ulysses(transformer, handle.groups))
+    local = [module for _, module in _attention_modules(adapter, transformer, "cross")]
+    handle._undo.append(enable_diffusers_ulysses(transformer, handle.groups, local_attention=local))
 
     def check(latents: torch.Tensor) -> None:
-        check_latents("wan", "ulysses", transformer, n, tuple(latents.shape))
+        check_latents(adapter.name, "ulysses", transformer, n, tuple(latents.shape))
 
     # Outermost on the root, so a bad shape raises our clear error before diffusers' split hook asserts.
     _register(transformer, ShapeCheckHook(check), CHECK_HOOK, handle._undo)
 
 
-_INSTALLERS: dict[str, Callable[[ParallelHandle, ModelAdapter], None]] = {
+_INSTALLERS: dict[str, Callable[[ParallelHandle, ModelAdapter, torch.nn.Module], None]] = {
     "latte": _install_latte,
     "cogvideox": _install_cogvideox,
-    "wan": _install_wan,
+    "wan": _install_diffusers_cp,
+    "ltx-video": _install_diffusers_cp,
 }
+
+
+def _check_supported(adapter: ModelAdapter, config: ParallelConfig, strategy: str) -> None:
+    """Refuse, before any group is built, what this family cannot split; the error names the field."""
+    if config.sp_degree > 1 and adapter.name in NO_SEQUENCE_PARALLEL:
+        raise ParallelConfigError(
+            f"sequence parallel is not available for {adapter.name}: {NO_SEQUENCE_PARALLEL[adapter.name]}. Use "
+            f"sp_degree=1 (sequence parallel runs on {sorted(_INSTALLERS)})"
+            + ("" if adapter.name in NO_CFG_PARALLEL else "; cfg_degree=2 works for it"),
+            "sp_degree",
+        )
+    if config.cfg_degree > 1 and adapter.name in NO_CFG_PARALLEL:
+        raise ParallelConfigError(f"cfg_degree must be 1 for {adapter.name}: {NO_CFG_PARALLEL[adapter.name]}",
+                                  "cfg_degree")
+    if config.sp_degree > 1 and strategy == "dsp" and adapter.sp_strategy != "dsp":
+        raise ParallelConfigError(
+            f"strategy='dsp' needs separate spatial and temporal attention; {adapter.name} has full 3D attention: "
+            "use strategy='ulysses' or 'auto'",
+            "strategy",
+        )
 
 
 def apply_parallel(target: Any, config: ParallelConfig, groups: ParallelGroups | None = None) -> ParallelHandle:
     r"""
-    Split every forward of a pipeline's transformer over the processes of this replica.
+    Split every forward of a pipeline's transformer(s) over the processes of this replica.
 
     Args:
-        target: a diffusers pipeline (needed for CFG parallel of two-pass pipelines such as Wan) or its transformer.
+        target: a diffusers pipeline (needed for CFG parallel of two-pass pipelines such as Wan, and for the second
+            expert of Wan 2.2) or its transformer.
         config: the degrees and scheme; `sp_degree * cfg_degree` must equal the world size.
         groups: from `build_groups(config)`; built here when omitted (every rank must call this together).
     """
     if not isinstance(config, ParallelConfig):
         raise ParallelConfigError(f"config must be a ParallelConfig, got {type(config).__name__}")
     pipeline = target if hasattr(target, "transformer") else None
-    transformer = pipeline.transformer if pipeline is not None else target
-    if getattr(transformer, "_pab_handle", None) is not None:
-        raise ParallelConfigError(
-            "PAB is already applied to this transformer: apply parallel first, then PAB, so a broadcast skips the "
-            "collectives (remove the PAB handle and apply it again after apply_parallel)"
-        )
-    if getattr(transformer, "_pab_parallel", None) is not None:
-        raise ParallelConfigError("parallel is already applied to this transformer; call handle.remove() first")
-    if config.world_size > 1 and pipeline is not None and getattr(pipeline, "transformer_2", None) is not None:
-        raise ParallelConfigError(
-            f"{type(pipeline).__name__} has a second transformer (transformer_2, a two-expert Wan 2.2 checkpoint); "
-            "pab.parallel splits only `pipeline.transformer`: run this model with sp_degree=1 and cfg_degree=1"
-        )
-    adapter = adapter_for(transformer)
-    if adapter.name not in _INSTALLERS:
-        raise ParallelConfigError(
-            f"sequence parallel supports {sorted(_INSTALLERS)}, not {adapter.name!r}; run it with sp_degree=1"
-        )
-    groups = groups if groups is not None else build_groups(config)
+    experts = tuple(t for _, t in pipeline_transformers(pipeline)) if pipeline is not None else (target,)
+    for transformer in experts:
+        if getattr(transformer, "_pab_handle", None) is not None:
+            raise ParallelConfigError(
+                "PAB is already applied to this transformer: apply parallel first, then PAB, so a broadcast skips the "
+                "collectives (remove the PAB handle and apply it again after apply_parallel)"
+            )
+        if getattr(transformer, "_pab_parallel", None) is not None:
+            raise ParallelConfigError("parallel is already applied to this transformer; call handle.remove() first")
+    adapter = adapter_for(experts[0])
     strategy = config.resolve_strategy(adapter.sp_strategy)
-    handle = ParallelHandle(config, groups, adapter.name, strategy, transformer)
+    _check_supported(adapter, config, strategy)
+    groups = groups if groups is not None else build_groups(config)
+    handle = ParallelHandle(config, groups, adapter.name, strategy, experts[0], experts)
     try:
-        if config.sp_degree > 1:
-            _INSTALLERS[adapter.name](handle, adapter)
-        if config.cfg_degree > 1:
-            _install_cfg(handle, adapter, pipeline)
+        for transformer in experts:
+            if config.sp_degree > 1:
+                _INSTALLERS[adapter.name](handle, adapter, transformer)
+            if config.cfg_degree > 1:
+                _install_cfg(handle, adapter, pipeline, transformer)
+        if config.cfg_degree > 1 and adapter.two_pass_cfg and handle.groups.cfg_rank == 1:
+            handle._undo.append(swap_prompt_embeddings(pipeline))  # once per pipeline, whatever the experts
     except BaseException:
         handle.remove()
         raise
-    transformer._pab_parallel = handle
+    for transformer in experts:
+        transformer._pab_parallel = handle
     return handle
 
 
-def _install_cfg(handle: ParallelHandle, adapter: ModelAdapter, pipeline: Any) -> None:
+def _install_cfg(handle: ParallelHandle, adapter: ModelAdapter, pipeline: Any, transformer: torch.nn.Module) -> None:
     group = handle.groups.cfg_group
     if not adapter.two_pass_cfg:
-        _register(handle.transformer, BatchCFGHook(group, BATCH_ARGS[adapter.name]), CFG_HOOK, handle._undo)
+        _register(transformer, BatchCFGHook(group, BATCH_ARGS[adapter.name]), CFG_HOOK, handle._undo)
         return
     if pipeline is None or not hasattr(pipeline, "encode_prompt"):
         raise ParallelConfigError(
@@ -215,6 +240,4 @@ def _install_cfg(handle: ParallelHandle, adapter: ModelAdapter, pipeline: Any) -
     def cfg_active() -> bool:
         return bool(getattr(pipeline, "do_classifier_free_guidance", False))
 
-    if handle.groups.cfg_rank == 1:
-        handle._undo.append(swap_prompt_embeddings(pipeline))
-    _register(handle.transformer, TwoPassCFGHook(group, cfg_active), CFG_HOOK, handle._undo)
+    _register(transformer, TwoPassCFGHook(group, cfg_active), CFG_HOOK, handle._undo)

@@ -1,9 +1,12 @@
-"""Ulysses through diffusers' own context parallel, for models that ship a `_cp_plan` (Wan).
+"""Ulysses through diffusers' own context parallel, for models that ship a `_cp_plan` (Wan, LTX-Video).
 
 diffusers does the sharding, the q/k/v/out all-to-alls (inside the attention processor, so a PAB broadcast skips
-them) and the output gather. Two things are added here: its functional collectives are counted through
-`pab.stats.record_collective` like ours, and `enable_parallelism` is made to run on CPU (it derives a device index
-from `torch.accelerator.device_count()`, which is 0 without an accelerator).
+them) and the output gather. Three things are added here: its functional collectives are counted through
+`pab.stats.record_collective` like ours; `enable_parallelism` is made to run on CPU (it derives a device index
+from `torch.accelerator.device_count()`, which is 0 without an accelerator); and the text stays whole on every rank,
+with cross-attention computed locally on each rank's video queries (as Wan's plan already does). LTX-Video's own plan
+also splits the text and its mask, which diffusers' Ulysses then gathers with all heads against each rank's share
+of them, a shape mismatch; keeping text local also spares the text all-to-alls.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from unittest import mock
 
 import torch
@@ -87,17 +90,27 @@ def _cpu_device_count() -> Iterator[None]:
         yield
 
 
-def enable_diffusers_ulysses(transformer: torch.nn.Module, groups: ParallelGroups) -> Callable[[], None]:
-    """`transformer.enable_parallelism` with Ulysses over this replica's SP group; returns the undo."""
+def video_only_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The model's context-parallel plan without the entries that split text (`encoder_*` inputs)."""
+    return {module: {k: v for k, v in entry.items() if not str(k).startswith("encoder_")} if isinstance(entry, dict)
+            else entry for module, entry in plan.items()}
+
+
+def enable_diffusers_ulysses(transformer: torch.nn.Module, groups: ParallelGroups,
+                             local_attention: Iterable[torch.nn.Module] = ()) -> Callable[[], None]:
+    """`transformer.enable_parallelism` with Ulysses over this replica's SP group, text unsplit and the
+    `local_attention` modules (cross-attention) left to run on each rank's shard; returns the undo."""
     config = ContextParallelConfig(ulysses_degree=groups.config.sp_degree, mesh=groups.mesh)
+    plan = video_only_plan(transformer._cp_plan)
     uninstall = _install_counting()
     try:
         with _cpu_device_count():
-            transformer.enable_parallelism(config=config)
+            transformer.enable_parallelism(config=config, cp_plan=plan)
     except BaseException:
         uninstall()
         raise
-    plan = transformer._cp_plan
+    for module in local_attention:
+        module.processor._parallel_config = None
 
     def undo() -> None:
         diffusers_cp_hooks.remove_context_parallel(transformer, plan)

@@ -16,9 +16,9 @@ import torch
 from ..adapters import MLP_KIND, adapter_for
 from ..config import PABConfig
 from ..stats import OTHER_KIND, PABStats
-from .rules import video_tokens
 from .comm import ALL_GATHER, ALL_TO_ALL
 from .config import ParallelConfig
+from .layout import CHANNEL_DIM, video_tokens
 
 Collective = tuple[str, int]  # (op, bytes sent by this rank)
 
@@ -91,38 +91,57 @@ def forward_comm(
     elif two_pass:
         result.passes = ("cond",)
 
-    channel_dim = 2 if model == "cogvideox" else 1  # [B, F, C, H, W] vs [B, C, F, H, W]
+    channel_dim = CHANNEL_DIM.get(model, 1)
     output_elements = local_batch * out_channels * prod(latent_shape[1:]) // latent_shape[channel_dim]
 
     if n > 1:
-        if model == "latte":
-            local_tokens = local_batch * frames * per_frame // n
-            if strategy == "dsp":
-                result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 2
-            else:
-                result.per_module["spatial"] = [_a2a(local_tokens * channels, n, elem)] * 4
-                result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 4
-            result.other.append(_gather(output_elements // n, n, elem))
-        else:
-            video = frames * per_frame
-            padded = -(-video // n) * n if model == "cogvideox" else video  # CogVideoX pads tokens to fit the ranks
-            attention = [_a2a(local_batch * padded // n * channels, n, elem)] * 4
-            if model == "cogvideox":
-                attention.append(_gather(local_batch * text_len * channels // n, n, elem))
-            result.per_module["spatial"] = attention
-            out_per_token = output_elements // (local_batch * video)
-            result.other.append(_gather(local_batch * padded // n * out_per_token, n, elem))
+        _add_sequence_parallel(result, model, strategy, n, elem, channels=channels, batch=local_batch,
+                               tokens=(frames, per_frame), text_len=text_len, output_elements=output_elements)
     if m > 1 and (two_pass and cfg_on or not two_pass and batch % m == 0):
         result.other.append(_gather(output_elements, m, elem))
     return result
 
 
-def predict_stats(comm: ForwardComm, timesteps: Sequence[float], pab: PABConfig | None = None) -> PABStats:
-    """The issued and skipped collectives of one generation, booked like `pab.hooks` books them."""
+def _add_sequence_parallel(result: ForwardComm, model: str, strategy: str, n: int, elem: int, *, channels: int,
+                           batch: int, tokens: tuple[int, int], text_len: int, output_elements: int) -> None:
+    """The collectives of the sequence split itself: inside the attention modules, and the output gather."""
+    frames, per_frame = tokens
+    if model == "latte":
+        local_tokens = batch * frames * per_frame // n
+        if strategy == "dsp":
+            result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 2
+        else:
+            result.per_module["spatial"] = [_a2a(local_tokens * channels, n, elem)] * 4
+            result.per_module["temporal"] = [_a2a(local_tokens * channels, n, elem)] * 4
+        result.other.append(_gather(output_elements // n, n, elem))
+        return
+    video = frames * per_frame
+    padded = -(-video // n) * n if model == "cogvideox" else video  # CogVideoX pads tokens to fit the ranks
+    attention = [_a2a(batch * padded // n * channels, n, elem)] * 4
+    if model == "cogvideox":
+        attention.append(_gather(batch * text_len * channels // n, n, elem))
+    result.per_module["spatial"] = attention  # cross-attention runs locally (text whole on every rank)
+    out_per_token = output_elements // (batch * video)
+    result.other.append(_gather(batch * padded // n * out_per_token, n, elem))
+
+
+def predict_stats(comm: ForwardComm, timesteps: Sequence[float], pab: PABConfig | None = None,
+                  boundary: float | None = None) -> PABStats:
+    """The issued and skipped collectives of one generation, booked like `pab.hooks` books them.
+
+    With a two-expert pipeline (Wan 2.2), `boundary` is the timestep at which it switches from the first expert
+    (t >= boundary) to the second; both experts have the same layout (`comm`) and each counts its own steps.
+    """
     pab = pab or PABConfig.disabled()
     stats = PABStats(preset=pab.name)
+    experts: dict[bool, int] = {}
+    steps = []  # each step's counter within its expert
+    for timestep in timesteps:
+        first = boundary is None or timestep >= boundary
+        steps.append(experts.setdefault(first, 0))
+        experts[first] += 1
     for pass_name in comm.passes:
-        for step, timestep in enumerate(timesteps):
+        for step, timestep in zip(steps, timesteps):
             for op, nbytes in comm.other:
                 stats.book_issued(OTHER_KIND, op, nbytes)
             for kind, count in comm.modules.items():

@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 LIGHT_MODULES = ("deployments.generator", "deployments.ingress", "deployments.workers", "deployments.engine",
                  "deployments.runner", "deployments.dispatch", "serve_app.entrypoints.builder", "serve_app.videos",
                  "pab.runtime.request.resolve", "pab.runtime.request.card", "pab.runtime.stats", "pab.config",
-                 "pab.presets", "pab.parallel.rules")
+                 "pab.presets", "pab.parallel.layout")
 
 
 def test_serving_modules_do_not_import_torch_or_diffusers():

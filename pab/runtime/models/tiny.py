@@ -1,10 +1,11 @@
 """Tiny random-weight video pipelines, built offline from the real diffusers classes.
 
 They exist so that every layer (PAB hooks, sequence parallel, Ray deployments, the HTTP API) can run a real
-Latte / CogVideoX / Wan pipeline end to end on a CPU in well under a second, with no hub access. Each builder is
-deterministic in its `seed` and leaves the global torch RNG untouched. Head counts are divisible by 4 so that
-Ulysses sequence parallel can split heads over up to 4 ranks; Latte's temporal position table is sized by its
-default frame count (`video_length`).
+Latte / CogVideoX / Wan (2.1 and the 2.2 two-expert) / HunyuanVideo / Allegro / Mochi / LTX-Video pipeline end to end
+on a CPU in well under a second, with no hub access. Each builder is deterministic in its `seed` and leaves the
+global torch RNG untouched. Every transformer has 4 heads of 8 channels, so Ulysses sequence parallel can split
+heads over up to 4 ranks and every text input is 32 wide; Latte's temporal position table is sized by its default
+frame count (`video_length`). Configs follow diffusers' own fast tests, sized down where those are larger.
 """
 
 from __future__ import annotations
@@ -14,21 +15,44 @@ from typing import Any, Iterator
 
 import torch
 from diffusers import (
+    AllegroPipeline,
+    AllegroTransformer3DModel,
     AutoencoderKL,
+    AutoencoderKLAllegro,
     AutoencoderKLCogVideoX,
+    AutoencoderKLHunyuanVideo,
+    AutoencoderKLLTXVideo,
+    AutoencoderKLMochi,
     AutoencoderKLWan,
     CogVideoXDDIMScheduler,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
     DDIMScheduler,
     DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
     LattePipeline,
     LatteTransformer3DModel,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+    MochiPipeline,
+    MochiTransformer3DModel,
     UniPCMultistepScheduler,
     WanPipeline,
     WanTransformer3DModel,
 )
-from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    LlamaConfig,
+    LlamaModel,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 
 TEXT_DIM = 32
 """Width of the tiny T5 encoder's output, and hence every tiny transformer's caption/text input."""
@@ -41,6 +65,11 @@ HEAD_DIM = 8
 
 LATTE_FRAMES = 8
 """Latte adds a temporal position table of exactly this many frames: it is the only frame count it accepts."""
+
+ALLEGRO_FRAMES = 21
+ALLEGRO_SIZE = 128
+"""Allegro's VAE decodes only in tiles of 24 frames x `sample_size` pixels with fixed overlaps (8 frames, 120 x 80
+pixels): 21 frames (6 latent) of 128 x 128 is the smallest video it decodes in one tile."""
 
 # A small closed vocabulary so prompts tokenize into distinct ids (unknown words map to <unk>).
 VOCABULARY: tuple[str, ...] = tuple(
@@ -96,6 +125,24 @@ def tiny_umt5_encoder(seed: int = 0) -> UMT5EncoderModel:
     """The text encoder Wan uses (UMT5), at d_model=32."""
     with _seeded(seed):
         return UMT5EncoderModel(UMT5Config(**_t5_kwargs())).eval()
+
+
+def tiny_llama_encoder(seed: int = 0) -> LlamaModel:
+    """HunyuanVideo's main text encoder (a Llama; the pipeline reads its third-to-last hidden state), at width 32."""
+    config = LlamaConfig(vocab_size=len(VOCABULARY) + 3, hidden_size=TEXT_DIM, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, pad_token_id=0, bos_token_id=None,
+                         eos_token_id=1, max_position_embeddings=64)
+    with _seeded(seed):
+        return LlamaModel(config).eval()
+
+
+def tiny_clip_encoder(seed: int = 0) -> CLIPTextModel:
+    """HunyuanVideo's pooled text encoder (CLIP); it pools at the tokenizer's end-of-text id (1, `</s>`)."""
+    config = CLIPTextConfig(vocab_size=len(VOCABULARY) + 3, hidden_size=TEXT_DIM, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                            pad_token_id=0, bos_token_id=0, eos_token_id=1, projection_dim=TEXT_DIM)
+    with _seeded(seed):
+        return CLIPTextModel(config).eval()
 
 
 def _build(cls: type[torch.nn.Module], seed: int, config: dict[str, Any], overrides: dict[str, Any]) -> Any:
@@ -167,10 +214,83 @@ def tiny_wan_transformer(seed: int = 0, *, num_layers: int = 2, **overrides: Any
     return _build(WanTransformer3DModel, seed, config, overrides)
 
 
+def tiny_hunyuan_transformer(seed: int = 0, *, num_layers: int = 2, **overrides: Any) -> HunyuanVideoTransformer3DModel:
+    """HunyuanVideo: dual-stream blocks (video and text attend jointly, separate MLPs), then single-stream blocks."""
+    config = dict(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=NUM_HEADS,
+        attention_head_dim=HEAD_DIM,
+        num_layers=num_layers,
+        num_single_layers=num_layers,
+        num_refiner_layers=1,
+        mlp_ratio=2.0,
+        patch_size=2,
+        patch_size_t=1,
+        guidance_embeds=True,
+        text_embed_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        rope_axes_dim=(2, 2, 4),
+    )
+    return _build(HunyuanVideoTransformer3DModel, seed, config, overrides)
+
+
+def tiny_allegro_transformer(seed: int = 0, *, num_layers: int = 2, **overrides: Any) -> AllegroTransformer3DModel:
+    """Allegro: full 3D self-attention over video tokens (3D RoPE from the pipeline), separate text cross-attention.
+    Its RoPE splits each head in three even parts (t, h, w), so heads are 12 wide here."""
+    config = dict(
+        num_attention_heads=NUM_HEADS,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        num_layers=num_layers,
+        cross_attention_dim=NUM_HEADS * 12,
+        caption_channels=TEXT_DIM,
+        sample_height=ALLEGRO_SIZE // 8,
+        sample_width=ALLEGRO_SIZE // 8,
+        sample_frames=(ALLEGRO_FRAMES - 1) // 4 + 1,
+    )
+    return _build(AllegroTransformer3DModel, seed, config, overrides)
+
+
+def tiny_mochi_transformer(seed: int = 0, *, num_layers: int = 2, **overrides: Any) -> MochiTransformer3DModel:
+    """Mochi 1: asymmetric joint attention (video and text streams of different widths), reversed timesteps."""
+    config = dict(
+        patch_size=2,
+        num_attention_heads=NUM_HEADS,
+        attention_head_dim=HEAD_DIM,
+        num_layers=num_layers,
+        pooled_projection_dim=16,
+        in_channels=12,
+        qk_norm="rms_norm",
+        text_embed_dim=TEXT_DIM,
+        time_embed_dim=4,
+        activation_fn="swiglu",
+        max_sequence_length=TEXT_TOKENS,
+    )
+    return _build(MochiTransformer3DModel, seed, config, overrides)
+
+
+def tiny_ltx_transformer(seed: int = 0, *, num_layers: int = 2, **overrides: Any) -> LTXVideoTransformer3DModel:
+    """LTX-Video: self-attention over patchified tokens ([B, tokens, C], RoPE), separate text cross-attention."""
+    config = dict(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=NUM_HEADS,
+        attention_head_dim=HEAD_DIM,
+        cross_attention_dim=NUM_HEADS * HEAD_DIM,
+        num_layers=num_layers,
+        caption_channels=TEXT_DIM,
+    )
+    return _build(LTXVideoTransformer3DModel, seed, config, overrides)
+
+
 def _assemble(cls: type[DiffusionPipeline], text_encoder: torch.nn.Module, vae: torch.nn.Module,
-              transformer: torch.nn.Module, scheduler: Any) -> Any:
+              transformer: torch.nn.Module, scheduler: Any, **extra: Any) -> Any:
     pipeline = cls(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer,
-                   scheduler=scheduler)
+                   scheduler=scheduler, **extra)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -237,3 +357,83 @@ def tiny_wan_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     transformer = tiny_wan_transformer(seed, num_layers=num_layers)
     return _assemble(WanPipeline, tiny_umt5_encoder(seed), vae, transformer, scheduler)
+
+
+def _four_block_vae(cls: type[torch.nn.Module], seed: int, blocks: str, **config: Any) -> Any:
+    """A 3D VAE of four 8-channel `{blocks}DownBlock3D` / `UpBlock3D` stages (8x spatial), 4 latent channels."""
+    return _build(cls, seed, dict(down_block_types=(f"{blocks}DownBlock3D",) * 4, up_block_types=(f"{blocks}UpBlock3D",) * 4,
+                                  block_out_channels=(8,) * 4, latent_channels=4, layers_per_block=1), config)
+
+
+def tiny_wan22_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanPipeline:
+    """Wan 2.2 A14B layout: a high-noise expert (`transformer`, t >= boundary) and a low-noise one (`transformer_2`);
+    boundary_ratio 0.875 as the T2V A14B checkpoint ships."""
+    pipeline = tiny_wan_pipeline(seed, num_layers=num_layers)
+    return _assemble(WanPipeline, pipeline.text_encoder, pipeline.vae, pipeline.transformer, pipeline.scheduler,
+                     transformer_2=tiny_wan_transformer(seed + 1, num_layers=num_layers), boundary_ratio=0.875)
+
+
+def tiny_hunyuan_pipeline(seed: int = 0, *, num_layers: int = 2) -> HunyuanVideoPipeline:
+    """HunyuanVideoPipeline: Llama + CLIP text encoders, 8x spatial / 4x temporal causal 3D VAE, flow matching with
+    shift 7 as tencent/HunyuanVideo ships; guidance is distilled into the transformer (one forward per step)."""
+    vae = _four_block_vae(AutoencoderKLHunyuanVideo, seed, "HunyuanVideo", norm_num_groups=4,
+                          spatial_compression_ratio=8, temporal_compression_ratio=4)
+    transformer = tiny_hunyuan_transformer(seed, num_layers=num_layers)
+    return _assemble(HunyuanVideoPipeline, tiny_llama_encoder(seed), vae, transformer,
+                     FlowMatchEulerDiscreteScheduler(shift=7.0),
+                     text_encoder_2=tiny_clip_encoder(seed), tokenizer_2=tiny_tokenizer())
+
+
+HUNYUAN_CALL_KWARGS: dict[str, Any] = {"prompt_template": {"template": "{}", "crop_start": 0}}
+"""HunyuanVideo wraps prompts in a Llama-3 chat template and crops its 95 tokens; the tiny tokenizer has no chat
+template, so the prompt goes in as written (what diffusers' own fast tests pass)."""
+
+
+def tiny_allegro_pipeline(seed: int = 0, *, num_layers: int = 2) -> AllegroPipeline:
+    """AllegroPipeline: 8x spatial / 4x temporal VAE (tiled decoding only, see `ALLEGRO_SIZE`), DDIM."""
+    vae = _four_block_vae(AutoencoderKLAllegro, seed, "Allegro", norm_num_groups=2, temporal_compression_ratio=4,
+                          sample_size=ALLEGRO_SIZE)
+    vae.enable_tiling()  # diffusers implements Allegro's decode only tiled
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False,
+                              timestep_spacing="linspace")
+    transformer = tiny_allegro_transformer(seed, num_layers=num_layers)
+    return _assemble(AllegroPipeline, tiny_t5_encoder(seed), vae, transformer, scheduler)
+
+
+def tiny_mochi_pipeline(seed: int = 0, *, num_layers: int = 2) -> MochiPipeline:
+    """MochiPipeline: T5, 8x spatial / 6x temporal VAE decoder, flow matching with inverted sigmas as
+    genmo/mochi-1-preview ships (the transformer sees timesteps rising from 0 to 1000)."""
+    vae = _build(AutoencoderKLMochi, seed, dict(
+        latent_channels=12,  # the pipeline hard-codes 12 latent channels (and their mean/std, the real ones)
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),  # its group norms have 32 groups
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        add_attention_block=(False, False, False, False, False),
+    ), {})
+    scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
+    transformer = tiny_mochi_transformer(seed, num_layers=num_layers)
+    return _assemble(MochiPipeline, tiny_t5_encoder(seed), vae, transformer, scheduler)
+
+
+def tiny_ltx_pipeline(seed: int = 0, *, num_layers: int = 2) -> LTXPipeline:
+    """LTXPipeline: T5, a 4x spatial / 4x temporal LTX VAE (the real one compresses 32x / 8x), flow matching with
+    the resolution-dependent shift Lightricks/LTX-Video ships."""
+    vae = _build(AutoencoderKLLTXVideo, seed, dict(
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    ), {})
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+                                                base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
+    transformer = tiny_ltx_transformer(seed, num_layers=num_layers)
+    return _assemble(LTXPipeline, tiny_t5_encoder(seed), vae, transformer, scheduler)

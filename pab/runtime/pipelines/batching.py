@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DecoderOutput
 
 _MARK = "_pab_batch_invariant"
 
@@ -68,7 +69,6 @@ def decode_per_sample(vae: torch.nn.Module) -> bool:
     convolutions, so the split happens at the decode call, not per layer). Returns whether it changed `vae`."""
     if getattr(vae, _MARK, False) or not hasattr(vae, "decode"):
         return False
-    from diffusers.models.autoencoders.vae import DecoderOutput
 
     plain = vae.decode
 

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from pab.adapters import UnsupportedModelError, adapter_for
+from pab.adapters import UnsupportedModelError, adapter_for, pipeline_transformers
 from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
-from pab.runtime.pipelines.loading import call_defaults, pipeline_defaults
+from pab.stats import PABStats
+from pab.runtime.pipelines.loading import call_defaults, fixed_call_kwargs, pipeline_defaults
 from pab.runtime.request.card import ModelCard
 from pab.runtime.request.params import GenerationParams
 from pab.runtime.pipelines.batching import decode_per_sample, make_batch_invariant
@@ -90,6 +91,7 @@ def _call_kwargs(pipeline: DiffusionPipeline, batch: Sequence[GenerationParams])
         declared = getattr(getattr(pipeline, "tokenizer", None), "model_max_length", None) or math.inf
         text_len = pipeline.transformer.config.get("max_text_seq_length") or min(accepted["max_sequence_length"], declared)
         kwargs["max_sequence_length"] = int(text_len)
+    kwargs.update(fixed_call_kwargs(pipeline))
     return kwargs
 
 
@@ -111,6 +113,9 @@ class VideoGenerator:
             None.
         defaults: generation defaults overriding `pipeline_defaults(pipeline)`.
         parallel: a sequence-parallel setting handed to `pab.parallel.apply_parallel`; None runs on one device.
+        batch_invariant: compute every sample exactly as it would be computed alone (`batching`), so a video made in
+            a batch is byte-identical to the same request alone; the serving workers turn it on. Off, the arithmetic
+            is diffusers' own, and a batch may differ from single runs by a rounding level.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class VideoGenerator:
         *,
         defaults: Mapping[str, Any] | None = None,
         parallel: Any = None,
+        batch_invariant: bool = False,
     ) -> None:
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
@@ -131,23 +137,35 @@ class VideoGenerator:
                 raise
             self.adapter = None
         self.pab_config = self.resolve_pab(pab) if self.adapter is not None else None
-        self._handle: PABHandle | None = (
-            apply_pab(pipeline.transformer, self.pab_config, self.adapter) if self.adapter is not None else None
-        )
-        make_batch_invariant(pipeline.transformer)
-        if getattr(pipeline, "vae", None) is not None:
-            decode_per_sample(pipeline.vae)
+        # one handle per denoising expert (Wan 2.2 A14B has two): each keeps its own counters and caches
+        self._handles: list[PABHandle] = [
+            apply_pab(transformer, self.pab_config, self.adapter) for _, transformer in pipeline_transformers(pipeline)
+        ] if self.adapter is not None else []
+        self.batch_invariant = batch_invariant
+        if batch_invariant:  # same arithmetic alone and in a batch (`batching`); off: diffusers' own, bit for bit
+            for _, transformer in pipeline_transformers(pipeline):
+                make_batch_invariant(transformer)
+            if getattr(pipeline, "vae", None) is not None:
+                decode_per_sample(pipeline.vae)
         self._lock = threading.Lock()
         self._card: ModelCard | None = None
 
     @property
     def pab_handle(self) -> PABHandle | None:
-        return self._handle
+        """The first expert's handle (the only one for single-transformer pipelines)."""
+        return self._handles[0] if self._handles else None
+
+    @property
+    def pab_handles(self) -> tuple[PABHandle, ...]:
+        return tuple(self._handles)
 
     @property
     def batch_variance(self) -> str | None:
-        """Why this pipeline cannot batch requests without changing their videos, or None when it can."""
-        return BATCH_VARIANT_PIPELINES.get(type(self.pipeline).__name__)
+        """Why requests cannot share a batch without changing their videos, or None when they can."""
+        reason = BATCH_VARIANT_PIPELINES.get(type(self.pipeline).__name__)
+        if reason is None and not self.batch_invariant:
+            reason = "batch_invariant is off, so a batched video may differ from the same request alone by a rounding level"
+        return reason
 
     @property
     def card(self) -> ModelCard:
@@ -202,8 +220,8 @@ class VideoGenerator:
         keys = {batch_key(r, per_sample_guidance=self.card.per_sample_guidance) for r in resolved}
         if len(keys) != 1:
             raise ValueError(f"a batch needs requests with one batch key (size, frames, steps, PAB, guidance); got {len(keys)}")
-        if len(resolved) > 1 and self.batch_variance is not None:
-            raise ValueError(f"{type(self.pipeline).__name__} cannot batch requests: {self.batch_variance}")
+        if len(resolved) > 1 and type(self.pipeline).__name__ in BATCH_VARIANT_PIPELINES:
+            raise ValueError(f"{type(self.pipeline).__name__} cannot batch requests: {BATCH_VARIANT_PIPELINES[type(self.pipeline).__name__]}")
         pab = resolved[0].pab
         config = PABConfig.from_dict(pab) if pab is not None else None
         batch = [r.params() for r in resolved]
@@ -225,11 +243,11 @@ class VideoGenerator:
         self, batch: list[GenerationParams], config: PABConfig | None, on_step: OnStep | None
     ) -> tuple[np.ndarray, GenerationStats]:
         """One pipeline call under the lock: PAB configured and reset, steps timed, stats frozen at the end."""
-        if self._handle is not None:
-            config = config or PABConfig.disabled()
-            if self._handle.config != config:
-                self._handle.configure(config)
-            self._handle.reset()
+        config = config or PABConfig.disabled()
+        for handle in self._handles:
+            if handle.config != config:
+                handle.configure(config)
+            handle.reset()
         start = time.perf_counter()
         marks = [start]
         steps = batch[0].num_inference_steps
@@ -245,6 +263,23 @@ class VideoGenerator:
         end = time.perf_counter()
         timings = StageTimings(denoise_s=marks[-1] - start, decode_s=end - marks[-1], generate_s=end - start,
                                share_s=(end - start) / len(batch))
-        counts = PABCounts.from_pab(self._handle.stats) if self._handle is not None else None
+        counts = PABCounts.from_pab(combined_stats([h.stats for h in self._handles])) if self._handles else None
         step_s = tuple(b - a for a, b in zip(marks, marks[1:]))
         return frames, GenerationStats(pab=counts, step_s=step_s, timings=timings, batch_size=len(batch))
+
+
+def combined_stats(parts: list[PABStats]) -> PABStats:
+    """One generation's stats over several experts' handles (each counted its own modules and collectives)."""
+    if len(parts) == 1:
+        return parts[0]
+    total = PABStats(preset=parts[0].preset)
+    for part in parts:
+        total.forwards += part.forwards
+        for kind, counts in part.kinds.items():
+            into = total.kinds[kind]
+            into.calls, into.computed = into.calls + counts.calls, into.computed + counts.computed
+            into.broadcast += counts.broadcast
+        for mine, theirs in ((total.issued, part.issued), (total.skipped, part.skipped)):
+            for key, counter in theirs.items():
+                mine.setdefault(key, type(counter)()).add(counter.bytes, counter.calls)
+    return total

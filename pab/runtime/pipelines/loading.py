@@ -13,8 +13,11 @@ from pab.geometry import spatial_scale
 from pab.runtime.models.registry import EMBEDDED_MODELS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_FPS_BY_PIPELINE = {"WanPipeline": 16}  # the rest of the supported families ship 8 fps
+_FPS_BY_PIPELINE = {"WanPipeline": 16, "HunyuanVideoPipeline": 24, "AllegroPipeline": 15, "MochiPipeline": 30,
+                    "LTXPipeline": 24}  # Latte and CogVideoX ship 8 fps
 _DEFAULTS_ATTR = "_pab_generation_defaults"
+_CALL_KWARGS_ATTR = "_pab_call_kwargs"
+_TILED_ONLY_VAES = ("AutoencoderKLAllegro",)  # diffusers implements their decode only tiled
 
 
 class ModelLoadError(ValueError):
@@ -34,6 +37,7 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
     if entry is not None:
         pipeline = entry.build()
         setattr(pipeline, _DEFAULTS_ATTR, entry.defaults())
+        setattr(pipeline, _CALL_KWARGS_ATTR, dict(entry.call_kwargs))
     else:
         try:
             pipeline = DiffusionPipeline.from_pretrained(model, dtype=dtype)
@@ -44,7 +48,14 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
                 f"{exc}. Pass a directory saved with save_pretrained, or a hub id with the hub reachable."
             ) from exc
         pipeline.set_progress_bar_config(disable=True)
+    if type(getattr(pipeline, "vae", None)).__name__ in _TILED_ONLY_VAES:
+        pipeline.vae.enable_tiling()
     return pipeline.to(device, dtype) if dtype is not None else pipeline.to(device)
+
+
+def fixed_call_kwargs(pipeline: DiffusionPipeline) -> dict[str, Any]:
+    """Pipeline `__call__` arguments the loaded model needs on every call (`EmbeddedModel.call_kwargs`)."""
+    return dict(getattr(pipeline, _CALL_KWARGS_ATTR, None) or {})
 
 
 def call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:

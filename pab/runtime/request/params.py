@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from pab.geometry import patch_sizes, spatial_scale, temporal_scale
+from pab.geometry import decode_tiles, patch_sizes, spatial_scale, temporal_scale
 
 if TYPE_CHECKING:  # annotations only: importing them is what this module exists to avoid
     from diffusers import DiffusionPipeline
@@ -175,9 +175,29 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
         raise GenerationParamsError(
             "num_frames", f"must give a latent frame count divisible by the temporal patch {patch_t}, got {frames} ({latent_frames} latent)"
         )
+    _check_tiles(pipeline, latent_frames, params.height // scale, params.width // scale)
     rope_max = config.get("rope_max_seq_len")
     if rope_max:
         for name, length in (("num_frames", latent_frames // patch_t), ("height", params.height // scale // patch_h),
                              ("width", params.width // scale // patch_w)):
             if length > rope_max:
                 raise GenerationParamsError(name, f"is too large: {length} positions after patching, the model's rotary table holds {rope_max}")
+
+
+def _check_tiles(pipeline: DiffusionPipeline, frames: int, height: int, width: int) -> None:
+    """A VAE that decodes only whole tiles (Allegro) leaves the rest of a misfit video black: refuse the size."""
+    tiles = decode_tiles(pipeline)
+    if tiles is None:
+        return
+    tscale, scale = temporal_scale(pipeline), spatial_scale(pipeline)
+    for name, length, (kernel, stride), to_pixels in (
+        ("num_frames", frames, tiles[0], lambda n: (n - 1) * tscale + 1),
+        ("height", height, tiles[1], lambda n: n * scale),
+        ("width", width, tiles[2], lambda n: n * scale),
+    ):
+        if length < kernel or (length - kernel) % stride:
+            fit = kernel + max(0, round((length - kernel) / stride)) * stride
+            raise GenerationParamsError(
+                name, f"this model's VAE decodes whole tiles only ({kernel} latents, then every {stride}): "
+                f"{length} latents do not fit; try {to_pixels(fit)}"
+            )

@@ -12,9 +12,8 @@ import secrets
 from typing import Any, Mapping, Protocol
 
 from pab.config import PABConfig, PABConfigError
-from pab.geometry import spatial_scale, temporal_scale
 from pab.parallel.config import ParallelConfigError
-from pab.parallel.rules import check_latents, latent_shape
+from pab.parallel.layout import check_latents, request_latent_shape
 from pab.presets import get_preset
 from pab.runtime.request.api import api_name
 from pab.runtime.request.card import ModelCard
@@ -94,14 +93,12 @@ def check_limits(request: GenerationRequest, limits: Limits) -> None:
 
 
 def check_split(card: ModelCard, params: GenerationParams) -> None:
-    """The size must also split over the replica's ranks (`pab.parallel.rules`, the rules every forward applies)."""
+    """The size must also split over the replica's ranks (`pab.parallel.layout`, the rules every forward applies)."""
     split = card.split
     if split is None:
         return
     view = card.pipeline_view()
-    frames = (params.num_frames - 1) // temporal_scale(view) + 1
-    scale = spatial_scale(view)
-    shape = latent_shape(split.model, view.transformer, frames, params.height // scale, params.width // scale)
+    shape = request_latent_shape(split.model, view, view.transformer, params.num_frames, params.height, params.width)
     try:
         check_latents(split.model, split.strategy, view.transformer, split.sp_degree, shape)
     except ParallelConfigError as exc:

@@ -16,9 +16,14 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, LatteTransformer3DModel
 from diffusers.utils import BaseOutput
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
 
+from pab.runtime.tinyvideo.data import HELD_OUT, caption, parse_caption
+from pab.runtime.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
+from pab.runtime.tinyvideo.objective import objective_check, video_statistics
 from pab.runtime.tinyvideo.sampling import denoise
-from pab.runtime.tinyvideo.text_encoder import WordEmbeddingTextEncoder
+from pab.runtime.tinyvideo.text_encoder import PAD, UNK, WordEmbeddingTextEncoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "tiny-shapes"
@@ -61,9 +66,6 @@ class TinyVideoPipeline(DiffusionPipeline):
     @property
     def prompt_vocabulary(self) -> dict[str, Any]:
         """The words the text encoder knows; `pab.runtime.request.params.validate_params` refuses prompts with others."""
-        from pab.runtime.tinyvideo.data import caption
-        from pab.runtime.tinyvideo.text_encoder import PAD, UNK
-
         return {
             "words": [w for w in self.text_encoder.index if w not in (PAD, UNK)],
             "max_words": self.text_encoder.config.max_length,
@@ -138,9 +140,6 @@ REFERENCE = {"prompt": "a blue square moving right", "seed": 0, "num_inference_s
 
 def reference_statistics(pipe: TinyVideoPipeline) -> dict[str, Any]:
     """Generate the REFERENCE clip and summarise it (`objective.video_statistics` + the objective check)."""
-    from pab.runtime.tinyvideo.objective import objective_check, video_statistics
-    from pab.runtime.tinyvideo.data import parse_caption
-
     r = REFERENCE
     frames = pipe(r["prompt"], generator=torch.Generator().manual_seed(r["seed"]),
                   num_inference_steps=r["num_inference_steps"], guidance_scale=r["guidance_scale"]).frames[0]
@@ -150,11 +149,6 @@ def reference_statistics(pipe: TinyVideoPipeline) -> dict[str, Any]:
 
 def write_sample_sheet(pipe: TinyVideoPipeline, path: str | Path, seed: int = 0, scale: int = 4) -> None:
     """A PNG of the held-out captions (rows, in `HELD_OUT` order), frames left to right, `scale`x nearest-upscaled."""
-    import numpy as np
-    from PIL import Image
-
-    from pab.runtime.tinyvideo.data import HELD_OUT, caption
-
     rows = []
     for combo in HELD_OUT:
         frames = pipe(caption(*combo), generator=torch.Generator().manual_seed(seed)).frames[0]  # [F, H, W, 3] in [0, 1]
@@ -180,8 +174,6 @@ def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideo
             f"no trained tiny-shapes weights at {path}; export them with "
             f"`python -m pab.runtime.tinyvideo.train --export {path}` (see pab/runtime/tinyvideo/weights/MODEL_CARD.md)"
         )
-    from diffusers.utils import logging as diffusers_logging
-
     bar = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would clutter every CLI run
     try:
@@ -195,8 +187,6 @@ def load_tiny_shapes(seed: int = 0, path: str | Path = WEIGHTS_DIR) -> TinyVideo
 
 def random_tiny_shapes(seed: int = 0, *, hidden: int = 32, layers: int = 2) -> TinyVideoPipeline:
     """The same architecture with random weights (tests, and the model before training); leaves the global RNG alone."""
-    from pab.runtime.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pipe = TinyVideoPipeline(build_transformer(hidden=hidden, layers=layers), build_text_encoder(),

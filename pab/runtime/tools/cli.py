@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pab.config import PABConfig
+
 DEFAULT_MODEL = "tiny-shapes"
 DEFAULT_SEEDS = [0, 1, 2, 3]
 GENERIC_PROMPTS = ["a cat walking on the beach", "a red car driving through the city at night"]
@@ -20,10 +22,11 @@ GENERIC_PROMPTS = ["a cat walking on the beach", "a red car driving through the 
 
 def default_prompts(model: str) -> list[str]:
     """The tiny shapes model's held-out captions (never trained on), else a couple of generic prompts."""
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     from pab.runtime.tinyvideo.pipeline import is_tiny_video_folder
 
     if model == DEFAULT_MODEL or is_tiny_video_folder(model):
-        from pab.runtime.tinyvideo.data import HELD_OUT, caption
+        from pab.runtime.tinyvideo.data import HELD_OUT, caption  # lazy, as above
 
         return [caption(*c) for c in HELD_OUT]
     return list(GENERIC_PROMPTS)
@@ -31,6 +34,7 @@ def default_prompts(model: str) -> list[str]:
 
 def load_model(model: str, dtype: str | None = None) -> Any:
     """`pab.runtime.pipelines.load_pipeline`, plus folders exported by `pab.runtime.tinyvideo.train --export`."""
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     from pab.runtime.pipelines.loading import DTYPES, load_pipeline
     from pab.runtime.tinyvideo.pipeline import is_tiny_video_folder, load_tiny_shapes
 
@@ -52,6 +56,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, list[str], dict[str, Any]]:
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     import torch
 
     from pab.runtime.pipelines import VideoGenerator
@@ -81,6 +86,7 @@ def build_profile(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     from pab.runtime.pipelines import GenerationParams
     from pab.runtime.tools.profiler import plot_profile, profile_generations
 
@@ -115,6 +121,7 @@ def build_calibrate(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     from pab.runtime.tools.calibrate import calibrate
     from pab.runtime.tools.profiler import AttentionProfile
 
@@ -146,7 +153,7 @@ def build_eval(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pab.config import PABConfig
+    # lazy: the `pab` console script (`pab serve` too) imports this module at start-up; torch only when run
     from pab.runtime.tools.quality import LPIPS_NOTE, evaluate_presets, rows_to_markdown
 
     generator, prompts, params = _setup(args)

@@ -10,12 +10,14 @@ difference at that step is exactly zero.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image, ImageDraw
 
 from pab.adapters import ModelAdapter, adapter_for
 from pab.config import ATTENTION_KINDS
@@ -196,10 +198,6 @@ def profile_generations(
 
 def plot_profile(profile: AttentionProfile, path: str | Path, size: tuple[int, int] = (640, 400)) -> None:
     """Write a PNG of the per-kind curves (log y axis, timestep decreasing to the right, as sampling runs)."""
-    import math
-
-    from PIL import Image, ImageDraw
-
     w, h = size
     left, right, top, bottom = 70, 20, 40, 50
     img = Image.new("RGB", size, "white")

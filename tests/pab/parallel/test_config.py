@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 from diffusers.models.attention_processor import Attention
 
-from pab.runtime.models import tiny as testing
-from pab.parallel import ParallelConfig, ParallelConfigError, check_latents
+from pab.config import BroadcastRule, PABConfig
+from pab.parallel import ParallelConfig, ParallelConfigError, apply_parallel, check_latents
 from pab.parallel.attention import UlyssesAttnProcessor
+from pab.parallel.layout import request_latent_shape
+from pab.parallel.schedule import ForwardComm, predict_stats
+from pab.runtime.models import tiny as testing
 
 
 @pytest.mark.parametrize(
@@ -68,10 +71,46 @@ def test_ulysses_rejects_indivisible_heads_and_unsupported_attention() -> None:
         UlyssesAttnProcessor.check_module(residual, "x", 2)
 
 
-def test_two_expert_wan_is_rejected_before_any_group_is_built() -> None:
-    from pab.parallel import apply_parallel
+@pytest.mark.parametrize(
+    "build,config,field,text",
+    [
+        (testing.tiny_hunyuan_transformer, {"sp_degree": 2}, "sp_degree", "not available for hunyuanvideo"),
+        (testing.tiny_allegro_transformer, {"sp_degree": 2}, "sp_degree", "cfg_degree=2 works for it"),
+        (testing.tiny_mochi_transformer, {"sp_degree": 4}, "sp_degree", "not available for mochi"),
+        (testing.tiny_hunyuan_transformer, {"cfg_degree": 2}, "cfg_degree", "guidance is distilled"),
+        (testing.tiny_ltx_transformer, {"sp_degree": 2, "strategy": "dsp"}, "strategy", "ltx-video has full 3D"),
+    ],
+    ids=["hunyuan-sp", "allegro-sp", "mochi-sp", "hunyuan-cfg", "ltx-dsp"],
+)
+def test_unsupported_splits_are_refused_before_any_group_is_built(build, config, field, text) -> None:
+    """No process group exists in this process: reaching group construction would fail differently."""
+    transformer = build(0)
+    with pytest.raises(ParallelConfigError, match=text) as info:
+        apply_parallel(transformer, ParallelConfig(**config))
+    assert info.value.field == field
+    assert "sp_degree=1" in str(info.value) or field != "sp_degree"  # says what to run instead
+    assert not hasattr(transformer, "_pab_parallel")
 
-    pipe = testing.tiny_wan_pipeline(0)
-    pipe.register_modules(transformer_2=testing.tiny_wan_transformer(1))
-    with pytest.raises(ParallelConfigError, match="transformer_2"):
-        apply_parallel(pipe, ParallelConfig(sp_degree=2))
+
+def test_ltx_video_token_rule_and_request_shape() -> None:
+    ltx = testing.tiny_ltx_transformer(0)
+    check_latents("ltx-video", "ulysses", ltx, 4, (2, 48, 8))  # [B, tokens, C]: 48 tokens over 4 ranks
+    with pytest.raises(ParallelConfigError, match="= 27 is not divisible by sp_degree = 2") as info:
+        check_latents("ltx-video", "ulysses", ltx, 2, (2, 27, 8))
+    assert info.value.field == "num_frames"
+    pipe = testing.tiny_ltx_pipeline(0)  # 4x spatial, 4x temporal VAE, patch 1: 9 frames of 32 px -> 3 x 8 x 8
+    assert request_latent_shape("ltx-video", pipe, ltx, 9, 32, 32) == (1, 192, 8)
+    wan = testing.tiny_wan_transformer(0)
+    assert request_latent_shape("wan", testing.tiny_wan_pipeline(0), wan, 9, 32, 32) == (1, 4, 3, 8, 8)
+
+
+def test_schedule_counts_each_experts_steps_from_zero() -> None:
+    """Wan 2.2: the low-noise expert's modules start their own counters at the boundary."""
+    comm = ForwardComm(per_module={"spatial": [("all_to_all", 10)]}, modules={"spatial": 1})
+    pab = PABConfig(spatial=BroadcastRule(3, (0, 1000)))
+    timesteps = [999.0, 950.0, 900.0, 850.0, 800.0]
+    one_counter = predict_stats(comm, timesteps, pab)
+    two_experts = predict_stats(comm, timesteps, pab, boundary=975.0)  # expert 1: 999; expert 2: the other four
+    assert (one_counter.calls_skipped(), one_counter.calls_issued()) == (3, 2)  # counters 0..4 skip 1, 2, 4
+    assert (two_experts.calls_skipped(), two_experts.calls_issued()) == (2, 3)  # 0 | 0, 1, 2, 3 skip 1, 2
+    assert two_experts.bytes_skipped() == 20

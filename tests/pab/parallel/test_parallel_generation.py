@@ -14,7 +14,7 @@ import pytest
 
 from pab.parallel.launch import RankOutcome, run_ranks
 
-from .workers import Case, fail_mid_generation, generate, run_cases, video_generator
+from .workers import GENERATOR_MODELS, Case, fail_mid_generation, generate, run_cases, video_generator
 
 pytestmark = pytest.mark.slow  # one ~30 s process start-up and run per world size, shared by all tests here
 
@@ -29,6 +29,12 @@ CASES = {
         Case("wan", 2, 1, "auto", "PAB-246"),
         Case("wan", 1, 2, "auto", "PAB-246"),
         Case("wan", 1, 2, "auto", "PAB-246", guidance=1.0),
+        Case("wan22", 2, 1, "auto", "PAB-246"),  # both experts split; each counts its own steps
+        Case("wan22", 1, 2, "auto", "PAB-246"),
+        Case("ltx-video", 2, 1, "auto", "PAB-246"),
+        Case("ltx-video", 1, 2, "auto", "PAB-246"),
+        Case("allegro", 1, 2, "auto", "PAB-246"),  # no sequence split for Allegro and Mochi: CFG parallel only
+        Case("mochi", 1, 2, "auto", "none"),  # "none": Mochi's rising timesteps need a hooks change (test_models)
     ],
     4: [
         Case("latte", 4, 1, "dsp", "PAB-246"),
@@ -38,9 +44,18 @@ CASES = {
         Case("cogvideox", 4, 1, "auto", "none", size=24),
         Case("wan", 2, 2, "auto", "PAB-246"),
         Case("wan", 4, 1, "auto", "none"),
+        Case("wan22", 2, 2, "auto", "PAB-246"),
+        Case("ltx-video", 2, 2, "auto", "PAB-246"),
+        Case("ltx-video", 4, 1, "auto", "none"),
     ],
 }
 ALL = [(world, case) for world, cases in CASES.items() for case in cases]
+IDS = [f"{w}ranks-{c.name}" for w, c in ALL]
+# Mochi's transformer timestep rises while denoising; until pab.hooks reads it as 1000 - t (test_models.TestMochi),
+# every forward restarts PAB's counts, so the booked collectives cover one forward instead of the generation.
+COUNTED = [pytest.param(w, c, marks=pytest.mark.xfail(strict=True, reason="Mochi: pab.hooks reads the reversed "
+                                                                       "timestep raw (hooks change reported)"))
+           if c.model == "mochi" else (w, c) for w, c in ALL]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +79,7 @@ def _reference(refs: dict[Any, np.ndarray], case: Case) -> np.ndarray:
     return refs[key]
 
 
-@pytest.mark.parametrize("world,case", ALL, ids=[f"{w}ranks-{c.name}" for w, c in ALL])
+@pytest.mark.parametrize("world,case", ALL, ids=IDS)
 def test_parallel_output_equals_single_process(outcomes, references, world: int, case: Case) -> None:
     expected = _reference(references, case)
     for o in outcomes[world]:
@@ -73,7 +88,7 @@ def test_parallel_output_equals_single_process(outcomes, references, world: int,
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4, err_msg=f"rank {o.rank}")
 
 
-@pytest.mark.parametrize("world,case", ALL, ids=[f"{w}ranks-{c.name}" for w, c in ALL])
+@pytest.mark.parametrize("world,case", COUNTED, ids=IDS)
 def test_counted_collectives_equal_schedule(outcomes, world: int, case: Case) -> None:
     for o in outcomes[world]:
         r = o.value[case.name]
@@ -108,7 +123,7 @@ ERRORS = {
     "latte_one_frame_per_rank": ("ParallelConfigError", "sp_degree", "1 frame per rank"),
     "ulysses_heads": ("ParallelConfigError", "sp_degree", "3 attention heads are not divisible by sp_degree=2"),
     "wan_request": ("ParallelConfigError", "num_frames", "video tokens (latent frames x tokens per frame) = 27"),
-    "generator_request": ("GenerationParamsError", "num_frames", "= 27 is not divisible by sp_degree = 2"),
+    "generator_request": ("GenerationParamsError", "num_frames", "latent frames = 1 is not divisible by sp_degree = 2"),
     "wan_forward": ("ParallelConfigError", "num_frames", "= 9 is not divisible by sp_degree = 2"),
     "cogvideox_dsp": ("ParallelConfigError", "strategy", "use strategy='ulysses'"),
     "wan_cfg_without_pipeline": ("ParallelConfigError", "cfg_degree", "pass the pipeline"),
@@ -129,14 +144,19 @@ def test_valid_request_passes_validation(outcomes) -> None:
     assert all(o.value["errors"]["wan_request_ok"][0] == "no error" for o in outcomes[2])
 
 
-def test_video_generator_parallel_equals_single_process(outcomes) -> None:
-    expected = video_generator(None)
+@pytest.mark.parametrize("model", sorted(GENERATOR_MODELS))
+def test_video_generator_parallel_equals_single_process(outcomes, model: str) -> None:
+    """The serving front door (VideoGenerator, PAB-246, sp_degree=2): same frames and broadcast decisions as one
+    process, and every collective it reports is the schedule's prediction, byte for byte."""
+    expected = video_generator(model, None)
+    attention = {"latte": "temporal"}.get(model, "spatial")  # the kind whose modules communicate
     for o in outcomes[2]:
-        got = o.value["generator"]
+        got = o.value["generator"][model]
         # uint8 frames after the VAE: fp32 reductions in another order may move a value across a rounding edge
         assert np.abs(got["frames"].astype(int) - expected["frames"].astype(int)).max() <= 1
         comm = got["stats"]["comm"]
-        assert comm["issued"]["temporal"]["all_to_all"]["calls"] > 0 and comm["skipped_bytes"] > 0
+        assert comm["issued"][attention]["all_to_all"]["calls"] > 0 and comm["skipped_bytes"] > 0
+        assert comm == got["predicted_comm"], f"rank {o.rank}"
         assert got["stats"]["kinds"] == expected["stats"]["kinds"], "same broadcast decisions as one process"
 
 

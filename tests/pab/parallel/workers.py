@@ -9,11 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pab.runtime.models import tiny as testing
+from pab.adapters import pipeline_transformers
 from pab.hooks import apply_pab
 from pab.parallel import ParallelConfig, apply_parallel, build_groups
+from pab.config import PABConfig
 from pab.parallel.schedule import forward_comm, predict_stats
 from pab.presets import get_preset
+from pab.runtime.models import tiny as testing
+from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline
+from pab.runtime.pipelines.generator import combined_stats
 from pab.stats import STAT_KINDS, PABStats
 
 STEPS = 6
@@ -21,7 +25,12 @@ BUILDERS = {
     "latte": testing.tiny_latte_pipeline,
     "cogvideox": testing.tiny_cogvideox_pipeline,
     "wan": testing.tiny_wan_pipeline,
+    "wan22": testing.tiny_wan22_pipeline,
+    "ltx-video": testing.tiny_ltx_pipeline,
+    "allegro": testing.tiny_allegro_pipeline,
+    "mochi": testing.tiny_mochi_pipeline,
 }
+ADAPTER = {"wan22": "wan"}  # the model key of a case -> its adapter (presets, schedule)
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,27 @@ def call_kwargs(model: str, guidance: float, size: int = 32) -> dict[str, Any]:
     if model == "latte":
         kwargs.update(video_length=testing.LATTE_FRAMES, clean_caption=False)
     else:
-        kwargs.update(num_frames=9)
+        kwargs.update(num_frames={"mochi": 7, "allegro": testing.ALLEGRO_FRAMES}.get(model, 9))
     if model == "cogvideox":
         kwargs.update(max_sequence_length=16)
+    if model == "allegro":
+        kwargs.update(clean_caption=False, height=testing.ALLEGRO_SIZE, width=testing.ALLEGRO_SIZE)
+    if model in ("ltx-video", "mochi", "allegro"):
+        kwargs.update(max_sequence_length=testing.TEXT_TOKENS)
     return kwargs
+
+
+def _capture_input(transformer: torch.nn.Module) -> dict[str, Any]:
+    """The first forward's latent shape and text length, as the pipeline passes them (before any split)."""
+    seen: dict[str, Any] = {}
+
+    def capture(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if "shape" not in seen:
+            seen["shape"] = tuple(kwargs["hidden_states"].shape)
+            seen["text_len"] = kwargs["encoder_hidden_states"].shape[1]
+
+    transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    return seen
 
 
 def _table(stats: PABStats, which: str) -> dict[tuple[str, str], tuple[int, int]]:
@@ -64,20 +90,17 @@ def generate(case: Case, parallel: bool, groups_cache: dict[Any, Any] | None = N
         if groups_cache is not None and key not in groups_cache:
             groups_cache[key] = build_groups(config)
         apply_parallel(pipe, config, groups_cache[key] if groups_cache is not None else None)
-    handle = apply_pab(pipe.transformer, get_preset(case.pab, case.model))
+    pab = get_preset(case.pab, ADAPTER.get(case.model, case.model))
+    handles = [apply_pab(t, pab) for _, t in pipeline_transformers(pipe)]
 
-    seen: dict[str, Any] = {}
+    def stats() -> PABStats:
+        return combined_stats([h.stats for h in handles])
 
-    def capture(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if "shape" not in seen:
-            seen["shape"] = tuple(kwargs["hidden_states"].shape)
-            seen["text_len"] = kwargs["encoder_hidden_states"].shape[1]
-
-    pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    seen = _capture_input(pipe.transformer)
     steps: list[tuple[float, dict[str, int]]] = []
 
     def on_step(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        steps.append((float(timestep), {k: handle.stats.calls_issued(k) for k in (*STAT_KINDS, "other")}))
+        steps.append((float(timestep), {k: stats().calls_issued(k) for k in (*STAT_KINDS, "other")}))
         return {}
 
     with torch.no_grad():
@@ -85,22 +108,23 @@ def generate(case: Case, parallel: bool, groups_cache: dict[Any, Any] | None = N
                      callback_on_step_end=on_step).frames[0]
     out: dict[str, Any] = {"video": np.asarray(video, dtype=np.float32)}
     if parallel:
-        comm = forward_comm(pipe.transformer, config, seen["shape"], text_len=seen["text_len"], cfg_on=case.guidance > 1)
-        timesteps = [t for t, _ in steps]
-        pab = get_preset(case.pab, case.model)
-        predicted = predict_stats(comm, timesteps, pab)
-        out.update(
-            issued=_table(handle.stats, "issued"),
-            skipped=_table(handle.stats, "skipped"),
-            predicted_issued=_table(predicted, "issued"),
-            predicted_skipped=_table(predicted, "skipped"),
-            steps=[calls for _, calls in steps],
-            predicted_steps=[
-                {k: predict_stats(comm, timesteps[: i + 1], pab).calls_issued(k) for k in (*STAT_KINDS, "other")}
-                for i in range(len(timesteps))
-            ],
-        )
+        predicted, per_step = _predict(pipe, config, pab, case.guidance > 1, seen, [t for t, _ in steps])
+        out.update(issued=_table(stats(), "issued"), skipped=_table(stats(), "skipped"),
+                   predicted_issued=_table(predicted, "issued"), predicted_skipped=_table(predicted, "skipped"),
+                   steps=[calls for _, calls in steps], predicted_steps=per_step)
     return out
+
+
+def _predict(pipe: Any, config: ParallelConfig, pab: PABConfig, cfg_on: bool, seen: dict[str, Any],
+             timesteps: list[float]) -> tuple[PABStats, list[dict[str, int]]]:
+    """What `pab.parallel.schedule` predicts this rank sends, without running anything: the generation's collectives
+    and, after each step, the calls issued so far per kind."""
+    comm = forward_comm(pipe.transformer, config, seen["shape"], text_len=seen["text_len"], cfg_on=cfg_on)
+    ratio = getattr(pipe.config, "boundary_ratio", None)
+    boundary = ratio * pipe.scheduler.config.num_train_timesteps if ratio is not None else None
+    per_step = [{k: predict_stats(comm, timesteps[: i + 1], pab, boundary).calls_issued(k) for k in (*STAT_KINDS, "other")}
+                for i in range(len(timesteps))]
+    return predict_stats(comm, timesteps, pab, boundary), per_step
 
 
 def _error(fn: Any) -> tuple[str, str | None, str]:
@@ -141,21 +165,29 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
                                                          ParallelConfig(sp_degree=2, strategy="dsp")))
     out["wan_cfg_without_pipeline"] = _error(lambda: apply_parallel(testing.tiny_wan_transformer(0),
                                                                     ParallelConfig(cfg_degree=2)))
-    from pab.runtime.pipelines import GenerationParams, VideoGenerator
-
-    gen = VideoGenerator(testing.tiny_wan_pipeline(0), parallel=sp2)
-    out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", num_frames=9, height=24, width=24, seed=1)))
+    # A size every check before the split accepts (Latte also takes single frames), that Latte's frame split cannot:
+    # with WanPipeline's multiples of 16 px, every Wan video splits over 2 or 4 ranks.
+    gen = VideoGenerator(testing.tiny_latte_pipeline(0), parallel=sp2)
+    out["generator_request"] = _error(lambda: gen.resolve(GenerationParams(prompt="a cat", num_frames=1, seed=1)))
     out["world_mismatch"] = _error(lambda: apply_parallel(testing.tiny_latte_transformer(0), ParallelConfig(sp_degree=4)))
     return out
 
 
-def video_generator(parallel: ParallelConfig | None) -> dict[str, Any]:
-    """The serving front door with parallel= set: frames and the stats dict it reports."""
-    from pab.runtime.pipelines import GenerationParams, VideoGenerator
+GENERATOR_MODELS = {"latte": "tiny-latte", "ltx-video": "tiny-ltx", "wan22": "tiny-wan22"}
+"""Families run through the serving front door with sequence parallel (model key -> embedded model)."""
 
-    gen = VideoGenerator(testing.tiny_latte_pipeline(0), pab="PAB-246", parallel=parallel)
+
+def video_generator(model: str, parallel: ParallelConfig | None) -> dict[str, Any]:
+    """The serving front door with parallel= set: frames, the stats dict it reports and the schedule's prediction."""
+    gen = VideoGenerator(load_pipeline(GENERATOR_MODELS[model]), pab="PAB-246", parallel=parallel)
+    seen = _capture_input(gen.pipeline.transformer)
     result = gen.generate(GenerationParams(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS))
-    return {"frames": result.frames, "stats": result.stats.pab.model_dump()}
+    out = {"frames": result.frames, "stats": result.stats.pab.model_dump()}
+    if parallel is not None:
+        timesteps = [float(t) for t in gen.pipeline.scheduler.timesteps]
+        predicted, _ = _predict(gen.pipeline, parallel, gen.pab_config, result.params.guidance_scale > 1, seen, timesteps)
+        out["predicted_comm"] = predicted.to_dict()["comm"]
+    return out
 
 
 def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, Any]:
@@ -163,7 +195,7 @@ def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, A
     out: dict[str, Any] = {}
     if extras:  # errors first: the cases after them prove the group is still in step
         out["errors"] = shape_errors()
-        out["generator"] = video_generator(ParallelConfig(sp_degree=2, timeout_s=60))
+        out["generator"] = {m: video_generator(m, ParallelConfig(sp_degree=2, timeout_s=60)) for m in GENERATOR_MODELS}
     out.update({case.name: generate(case, parallel=True, groups_cache=groups) for case in cases})
     return out
 

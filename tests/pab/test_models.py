@@ -1,0 +1,139 @@
+"""Every supported model family through the PAB checks of `model_mixin`: its tiny real-architecture transformer
+(`PABModelTesterMixin`, fed inputs shaped the way its diffusers pipeline does: latent layout, text, masks, RoPE, CFG
+passes) and its tiny pipeline through `VideoGenerator` (`PABPipelineTesterMixin`).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+import torch
+from diffusers import AllegroPipeline
+
+from pab.runtime.models import tiny
+
+from .model_mixin import PABModelTesterMixin, PABPipelineTesterMixin
+
+TEXT_LEN = 6
+
+REVERSED_TIMESTEPS = pytest.mark.xfail(strict=True, reason=(
+    "Mochi's transformer timestep rises during denoising (1000 - noise level; adapter.timestep_reversed): pab.hooks "
+    "reads it raw, so every forward looks like a new generation and nothing is ever broadcast. Needs TimestepHook to "
+    "read 1000 - t for timestep_reversed adapters (reported to the lead; pab/hooks.py belongs to another helper)."))
+
+
+def _expect_failure(test: Callable[..., None]) -> Callable[..., None]:
+    """A copy of a mixin test marked for one family only (marking the mixin's function would mark every family)."""
+    @functools.wraps(test)
+    def copy(self: Any, *args: Any, **kwargs: Any) -> None:
+        test(self, *args, **kwargs)
+    return REVERSED_TIMESTEPS(copy)
+
+
+def _randn(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _text(batch: int, seed: int, length: int = TEXT_LEN) -> torch.Tensor:
+    return _randn(batch, length, tiny.TEXT_DIM, seed=seed)
+
+
+def _text_mask(batch: int, length: int = TEXT_LEN) -> torch.Tensor:
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[:, -2:] = 0  # padded prompt tokens, as the pipelines' tokenizers produce
+    return mask
+
+
+class TestLatte(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-latte"
+    build_transformer = staticmethod(tiny.tiny_latte_transformer)
+    expected_modules = {"spatial": 2, "temporal": 2, "cross": 2, "mlp": 4}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, tiny.LATTE_FRAMES, 8, 8, seed=0),
+                "encoder_hidden_states": _text(batch, text_seed, 5)}
+
+
+class TestCogVideoX(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-cogvideox"
+    build_transformer = staticmethod(tiny.tiny_cogvideox_transformer)
+    expected_modules = {"spatial": 2, "mlp": 2}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:  # [B, F, C, H, W]; text of the table's length
+        return {"hidden_states": _randn(batch, 3, 4, 8, 8, seed=0), "encoder_hidden_states": _text(batch, text_seed, 16)}
+
+
+class TestWan(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-wan"
+    build_transformer = staticmethod(tiny.tiny_wan_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+    cfg_contexts = ("cond", "uncond")
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, 3, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed)}
+
+
+class TestHunyuanVideo(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-hunyuan"
+    build_transformer = staticmethod(tiny.tiny_hunyuan_transformer)
+    expected_modules = {"spatial": 4, "mlp": 2}  # 2 dual-stream + 2 single-stream joint attentions
+    cfg_contexts = ("cond", "uncond")  # true CFG (true_cfg_scale > 1); distilled guidance runs "cond" only
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 4, 3, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch), "pooled_projections": _randn(batch, 32, seed=text_seed),
+                "guidance": torch.full((batch,), 6000.0)}
+
+
+class TestAllegro(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-allegro"
+    build_transformer = staticmethod(tiny.tiny_allegro_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        frames, size = 3, 8
+        transformer = tiny.tiny_allegro_transformer()  # only its config is read: the pipeline's 3D RoPE tables
+        rope = AllegroPipeline._prepare_rotary_positional_embeddings(
+            SimpleNamespace(vae_scale_factor_spatial=1, transformer=transformer), batch, size, size, frames, "cpu")
+        return {"hidden_states": _randn(batch, 4, frames, size, size, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch), "image_rotary_emb": rope}
+
+
+class TestMochi(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-mochi"
+    build_transformer = staticmethod(tiny.tiny_mochi_transformer)
+    expected_modules = {"spatial": 2, "mlp": 2}
+    cfg_contexts = ("cond_uncond",)
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 12, 2, 4, 4, seed=0), "encoder_hidden_states": _text(batch, text_seed),
+                "encoder_attention_mask": _text_mask(batch)}
+
+    # everything that counts steps; PAB off and the unhooked pipeline agree already
+    test_pab_off_is_bit_identical = _expect_failure(PABModelTesterMixin.test_pab_off_is_bit_identical)
+    test_rule_counts_per_kind = _expect_failure(PABModelTesterMixin.test_rule_counts_per_kind)
+    test_cfg_passes_keep_their_own_cache = _expect_failure(PABModelTesterMixin.test_cfg_passes_keep_their_own_cache)
+    test_remove_restores_model = _expect_failure(PABModelTesterMixin.test_remove_restores_model)
+    test_generator_counts_follow_the_rule = _expect_failure(PABPipelineTesterMixin.test_generator_counts_follow_the_rule)
+
+
+class TestLTXVideo(PABModelTesterMixin, PABPipelineTesterMixin):
+    model = "tiny-ltx"
+    build_transformer = staticmethod(tiny.tiny_ltx_transformer)
+    expected_modules = {"spatial": 2, "cross": 2, "mlp": 2}
+    cfg_contexts = ("cond_uncond",)
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:  # patchified tokens [B, F*H*W, C]
+        frames, size = 3, 4
+        return {"hidden_states": _randn(batch, frames * size * size, 8, seed=0),
+                "encoder_hidden_states": _text(batch, text_seed), "encoder_attention_mask": _text_mask(batch),
+                "num_frames": frames, "height": size, "width": size}
+
+
+class TestWan22(PABPipelineTesterMixin):
+    """The two-expert Wan 2.2 layout: both experts hooked, each counting its own steps (transformers as TestWan)."""
+
+    model = "tiny-wan22"
