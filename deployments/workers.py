@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Sequence
 
 import ray
@@ -29,6 +30,8 @@ from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResp
 
 logger = logging.getLogger("ray.serve")
 
+ENCODE_THREADS = 4
+"""Videos of a batch rank 0 encodes at once (each mp4 is an ffmpeg subprocess; the other ranks are idle meanwhile)."""
 WORKER_NAMESPACE = "pab-workers"
 """Ray namespace of the worker actors (named `<replica id>:rank<r>`), so operators and tests can find them."""
 
@@ -167,22 +170,24 @@ class GenerationWorker:
 
     def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResponse] | None:
         """Run one batch of resolved requests on this rank; rank 0 returns the encoded videos, other ranks None."""
-        from pab.runtime.video import encode_spritesheet, encode_thumbnail, encode_video
-
         self._progress.start(batch[0].num_inference_steps)
         results = self._generator.generate_batch(batch, on_step=self._on_step)
         if self.rank != 0:
             return None
-        responses = []
-        for result in results:
-            start = time.perf_counter()
-            video = encode_video(result.frames, fps=result.request.fps, fmt=CONTENT_FORMATS["video"])
-            thumbnail = encode_thumbnail(result.frames, CONTENT_FORMATS["thumbnail"])
-            spritesheet = encode_spritesheet(result.frames, CONTENT_FORMATS["spritesheet"])
-            stats = result.stats.with_timings(encode_s=time.perf_counter() - start)
-            responses.append(GenerationResponse(model=self.config.model_name, video=video, thumbnail=thumbnail,
-                                                spritesheet=spritesheet, request=result.request, stats=stats))
-        return responses
+        with ThreadPoolExecutor(max_workers=min(len(results), ENCODE_THREADS)) as pool:  # ffmpeg runs as subprocesses
+            return list(pool.map(self._encode, results))
+
+    def _encode(self, result: Any) -> GenerationResponse:
+        """One video of the batch as mp4 + thumbnail + spritesheet, with its stats."""
+        from pab.runtime.video import encode_spritesheet, encode_thumbnail, encode_video
+
+        start = time.perf_counter()
+        video = encode_video(result.frames, fps=result.request.fps, fmt=CONTENT_FORMATS["video"])
+        thumbnail = encode_thumbnail(result.frames, CONTENT_FORMATS["thumbnail"])
+        spritesheet = encode_spritesheet(result.frames, CONTENT_FORMATS["spritesheet"])
+        stats = result.stats.with_timings(encode_s=time.perf_counter() - start)
+        return GenerationResponse(model=self.config.model_name, video=video, thumbnail=thumbnail,
+                                  spritesheet=spritesheet, request=result.request, stats=stats)
 
     def _on_step(self, step: int, total: int) -> None:
         """After each step: record progress, and stop the batch on every rank at once if the replica asked any."""

@@ -81,7 +81,7 @@ class EngineConfig(_Section):
     """
 
     max_batch_size: int = Field(8, ge=1, le=256, description="most jobs in one denoising loop")
-    batch_wait_ms: int = Field(50, ge=0, le=60_000, description="how long an idle engine waits for companions")
+    batch_wait_ms: int = Field(100, ge=0, le=60_000, description="how long an idle engine waits for companions")
     max_attempts: int = Field(3, ge=1, le=20, description="runs of one job, first one included")
     lease_s: float = Field(30.0, gt=0, le=3600, description="how long a runner holds a job without renewing")
 

@@ -15,6 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,6 +104,27 @@ def export(checkpoint: Path, out: Path) -> None:
     print(f"exported step {state['step']} from {checkpoint} to {out}")
 
 
+def _train_step(args: argparse.Namespace, step: int, model: Any, enc: Any, opt: Any, sched: Any, params: list,
+                data_gen: torch.Generator, combos: list) -> float:
+    """One optimiser step on a fresh batch (v-prediction, caption dropout, warm-up); returns the loss."""
+    x0, caps = make_batch(args.batch, data_gen, combos)
+    drop = torch.rand(args.batch) < args.caption_dropout
+    caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+    noise = torch.randn_like(x0)
+    t = sample_timesteps(args.batch, sched.config.num_train_timesteps, args.high_t_fraction, args.high_t_min)
+    xt = sched.add_noise(x0, noise, t)
+    target = sched.get_velocity(x0, noise, t)
+    pred = model(xt, timestep=t, encoder_hidden_states=enc.encode(caps)).sample
+    loss = torch.nn.functional.mse_loss(pred, target)
+    for g in opt.param_groups:
+        g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
+
+
 def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,27 +152,12 @@ def train(args: argparse.Namespace) -> None:
     t_ckpt, t0, losses = time.time(), time.time(), []
     model.train(), enc.train()
     while step < args.steps:
-        x0, caps = make_batch(args.batch, data_gen, combos)
-        drop = torch.rand(args.batch) < args.caption_dropout
-        caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-        noise = torch.randn_like(x0)
-        t = sample_timesteps(args.batch, sched.config.num_train_timesteps, args.high_t_fraction, args.high_t_min)
-        xt = sched.add_noise(x0, noise, t)
-        target = sched.get_velocity(x0, noise, t)
-        pred = model(xt, timestep=t, encoder_hidden_states=enc.encode(caps)).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        losses.append(_train_step(args, step, model, enc, opt, sched, params, data_gen, combos))
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema_params, params):
                 e.lerp_(p, 1 - decay)
-        losses.append(loss.item())
         if step % 100 == 0:
             rec = {"step": step, "loss": sum(losses) / len(losses), "s_per_step": (time.time() - t0) / len(losses)}
             log.write(json.dumps(rec) + "\n"), log.flush()
