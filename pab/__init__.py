@@ -6,40 +6,28 @@ processes) does not import torch and diffusers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
-    "ADAPTERS": "adapters",
-    "ModelAdapter": "adapters",
-    "UnsupportedModelError": "adapters",
-    "adapter_for": "adapters",
-    "generic_adapter": "adapters",
-    "get_adapter": "adapters",
-    "BroadcastRule": "config",
-    "MLPBroadcastRule": "config",
-    "PABConfig": "config",
-    "PABConfigError": "config",
-    "PABApplyError": "hooks",
-    "PABHandle": "hooks",
-    "apply_pab": "hooks",
-    "PRESET_NAMES": "presets",
-    "get_preset": "presets",
-    "PABStats": "stats",
-    "record_collective": "stats",
+    "ADAPTERS": ".adapters",
+    "ModelAdapter": ".adapters",
+    "UnsupportedModelError": ".adapters",
+    "adapter_for": ".adapters",
+    "generic_adapter": ".adapters",
+    "get_adapter": ".adapters",
+    "BroadcastRule": ".config",
+    "MLPBroadcastRule": ".config",
+    "PABConfig": ".config",
+    "PABConfigError": ".config",
+    "PABApplyError": ".hooks",
+    "PABHandle": ".hooks",
+    "apply_pab": ".hooks",
+    "PRESET_NAMES": ".presets",
+    "get_preset": ".presets",
+    "PABStats": ".stats",
+    "record_collective": ".stats",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

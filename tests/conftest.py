@@ -161,32 +161,43 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def _deploy(name: str, route: str, url: str, store_dir: str, **fields: Any) -> PabApp:
+    """Deploy one test app: 2 CPU workers per replica, the test key, quick health checks and polls, `fields` on top."""
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.entrypoints.builder import build_app
+    from serve_app.store import JobStore
+
+    config = AppConfig(**{
+        "sp_degree": 2,
+        "api_key": TEST_API_KEY,
+        "defaults": {"num_inference_steps": TEST_STEPS},
+        "health_check_period_s": 1.0,
+        "collective_timeout_s": 60.0,
+        "poll_after_ms": 100,
+        "min_poll_after_ms": 20,
+        "storage": {"url": store_dir, "progress_interval_s": 0.0},
+        **fields,
+    })
+    serve.run(build_app(config), name=name, route_prefix=route)
+    return PabApp(url=url + route.rstrip("/"), config=config, store=JobStore(store_dir), store_path=Path(store_dir))
+
+
 @pytest.fixture(scope="session")
 def pab_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PabApp]:
     """The Videos API with the tiny Latte on 2 CPU workers per replica, an API key, and small limits."""
     from ray import serve
 
-    from serve_app.entrypoints.builder import APP_NAME, build_app
-    from serve_app.config import AppConfig
-    from serve_app.store import JobStore
+    from serve_app.entrypoints.builder import APP_NAME
 
-    store_dir = str(tmp_path_factory.mktemp("pab-store"))
-    config = AppConfig(
+    yield _deploy(
+        APP_NAME, "/", serve_http, str(tmp_path_factory.mktemp("pab-store")),
         model="tiny-latte",
-        sp_degree=2,
-        api_key=TEST_API_KEY,
-        defaults={"num_inference_steps": TEST_STEPS},
-        health_check_period_s=1.0,
-        collective_timeout_s=60.0,
         limits={"max_frames": 16, "max_pixels": 64 * 64, "max_steps": 400, "max_work": 8 * 32 * 32 * 400},
-        poll_after_ms=100,
-        min_poll_after_ms=20,
         hold_poll_ms=300,  # the last 0.3 s of a job answer on completion; before that, every step's progress shows
-        storage={"url": store_dir, "progress_interval_s": 0.0},
         engine={"lease_s": 10.0},  # a job whose runner died is taken over within 10 s
     )
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-    yield PabApp(url=serve_http, config=config, store=JobStore(store_dir), store_path=Path(store_dir))
     serve.delete(APP_NAME)
 
 
@@ -201,27 +212,13 @@ def shapes_app(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     workers, with batches of at most 3 jobs; its API under /shapes/v1/..."""
     from ray import serve
 
-    from serve_app.config import AppConfig
-    from serve_app.entrypoints.builder import build_app
-    from serve_app.store import JobStore
-
-    store_dir = str(tmp_path_factory.mktemp("shapes-store"))
-    config = AppConfig(
+    yield _deploy(
+        SHAPES_APP, SHAPES_ROUTE, serve_http, str(tmp_path_factory.mktemp("shapes-store")),
         model="tiny-shapes",
-        sp_degree=2,
-        api_key=TEST_API_KEY,
-        defaults={"num_inference_steps": TEST_STEPS},
-        health_check_period_s=1.0,
-        collective_timeout_s=60.0,
-        poll_after_ms=100,
-        min_poll_after_ms=20,
-        storage={"url": store_dir, "progress_interval_s": 0.0},
         engine={"max_batch_size": 3, "batch_wait_ms": 100, "lease_s": 10.0},
         max_ongoing_requests=12,
         # a second tenant beside the single key's "default" one, by its key's hash (no secret in the config)
         api_keys=[{"tenant": "alice", "key_sha256": hashlib.sha256(ALICE_KEY.encode()).hexdigest(),
                    "max_queued_jobs": 2}],
     )
-    serve.run(build_app(config), name=SHAPES_APP, route_prefix=SHAPES_ROUTE)
-    yield PabApp(url=serve_http + SHAPES_ROUTE, config=config, store=JobStore(store_dir), store_path=Path(store_dir))
     serve.delete(SHAPES_APP)

@@ -12,33 +12,21 @@ request resolver checks in serving processes) do not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pab._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
-    "ParallelHandle": "apply",
-    "apply_parallel": "apply",
-    "check_latents": "layout",
-    "STRATEGIES": "config",
-    "ParallelConfig": "config",
-    "ParallelConfigError": "config",
-    "ParallelGroups": "groups",
-    "bind_store_socket": "groups",
-    "build_groups": "groups",
-    "init_group": "groups",
+    "ParallelHandle": ".apply",
+    "apply_parallel": ".apply",
+    "check_latents": ".layout",
+    "STRATEGIES": ".config",
+    "ParallelConfig": ".config",
+    "ParallelConfigError": ".config",
+    "ParallelGroups": ".groups",
+    "bind_store_socket": ".groups",
+    "build_groups": ".groups",
+    "init_group": ".groups",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
