@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pab.runtime.request.api import request_fields
 from pab.runtime.request.params import RequestError
@@ -31,8 +32,11 @@ from serve_app.cards import CardCache
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error
 from serve_app.http_body import FORM_TYPE, check_content_type, form_fields, parse_json
+from serve_app.openapi import CONTENT_RESPONSE, describe, errors
 from serve_app.retention import RetentionSweeper
-from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, Model, ModelList, VideoCreateBody, VideoDeleted, VideoList
+from serve_app.schemas import (
+    CONTENT_FORMATS, GenerationRequest, Model, ModelList, Video, VideoCreateBody, VideoDeleted, VideoList,
+)
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from serve_app.videos import video_object
 
@@ -48,6 +52,7 @@ app = FastAPI(
     description="OpenAI-compatible video generation with Pyramid Attention Broadcast.",
     version="0.1.0",
 )
+describe(app)
 
 
 @app.exception_handler(APIError)
@@ -62,8 +67,21 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # every method of the path, not only the first route's
+        headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+    error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None,
+                     headers=headers)
     return await _api_error(request, error)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return methods
 
 
 @app.exception_handler(Exception)
@@ -152,13 +170,13 @@ class VideoIngress:
         """Liveness of this ingress replica (no auth: for load balancers and probes)."""
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors(401, 503))
     async def list_models(self, request: Request) -> ModelList:
         self._authorize(request)
         card = self._cards.get()
         return ModelList(data=[Model(id=card.name, created=card.created)])
 
-    @app.post("/v1/videos")
+    @app.post("/v1/videos", response_model=Video, responses=errors(400, 401, 404, 415, 429, 503))
     async def create_video(self, request: Request) -> JSONResponse:
         tenant = self._authorize(request)
         body = await _read_body(request)
@@ -192,7 +210,7 @@ class VideoIngress:
             metrics.record_job_rejected("tenant_queue_full")
             raise
 
-    @app.get("/v1/videos")
+    @app.get("/v1/videos", responses=errors(400, 401))
     async def list_videos(
         self,
         request: Request,
@@ -207,7 +225,7 @@ class VideoIngress:
         return VideoList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
 
-    @app.get("/v1/videos/{video_id}")
+    @app.get("/v1/videos/{video_id}", response_model=Video, responses=errors(401, 404))
     async def retrieve_video(self, request: Request, video_id: str) -> JSONResponse:
         record = self._record(video_id, self._authorize(request))
         state = self._store.state(video_id)
@@ -215,14 +233,15 @@ class VideoIngress:
             state = self._store.state(video_id)
         return self._video_response(record, state)
 
-    @app.delete("/v1/videos/{video_id}")
+    @app.delete("/v1/videos/{video_id}", responses=errors(401, 404))
     async def delete_video(self, request: Request, video_id: str) -> VideoDeleted:
         self._record(video_id, self._authorize(request))
         await asyncio.to_thread(self._store.delete, video_id)  # first: a runner never writes a deleted job
         self._dispatcher.cancel(video_id)
         return VideoDeleted(id=video_id)
 
-    @app.get("/v1/videos/{video_id}/content")
+    @app.get("/v1/videos/{video_id}/content", response_class=Response,
+             responses={**CONTENT_RESPONSE, **errors(400, 401, 404, 409)})
     async def download_content(
         self, request: Request, video_id: str, variant: Literal["video", "thumbnail", "spritesheet"] = "video"
     ) -> Response:
