@@ -23,6 +23,7 @@ DASHBOARD_UID = "pab-serve"
 _DS = {"type": "prometheus", "uid": "${datasource}"}
 _PAB = 'application=~"$application",model=~"$model",preset=~"$preset",ray_io_cluster=~"$Cluster"'
 _SERVE = 'application=~"$application",ray_io_cluster=~"$Cluster"'
+_MODEL = 'application=~"$application",model=~"$model",ray_io_cluster=~"$Cluster"'
 _RATE = "[$__rate_interval]"
 # Ray exports a gauge only while it is being set (Serve re-sets its status gauges every 10 s, the ingress its queue
 # depth every 5 s), so a series can miss scrapes; last_over_time bridges the gaps.
@@ -45,7 +46,8 @@ class Panel:
     width: int = 12
 
 
-def _quantiles(metric: str, selector: str, by: str = "") -> tuple[Target, ...]:
+def _quantiles(metric: str, selector: str, by: str = "",
+               quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> tuple[Target, ...]:
     group = f"le{', ' + by if by else ''}"
     label = f"{{{{{by}}}}} " if by else ""
     return tuple(
@@ -53,7 +55,7 @@ def _quantiles(metric: str, selector: str, by: str = "") -> tuple[Target, ...]:
             f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{selector}}}{_RATE})))",
             f"{label}p{round(q * 100)}",
         )
-        for q in (0.5, 0.95, 0.99)
+        for q in quantiles
     )
 
 
@@ -201,6 +203,39 @@ PANELS: tuple[Panel, ...] = (
                 "rejected ({{reason}}) / min",
             ),
         ),
+    ),
+    Panel(
+        "Engine batches",
+        "Jobs per denoising loop of the generator replicas' engines: p50/p95 and the mean over the rate window "
+        "(1 while jobs run alone; up to engine.max_batch_size when compatible jobs queue together).",
+        "short",
+        (
+            *_quantiles("ray_pab_batch_size", _MODEL, quantiles=(0.5, 0.95)),
+            Target(f"sum(rate(ray_pab_batch_size_sum{{{_MODEL}}}{_RATE})) / sum(rate(ray_pab_batch_size_count"
+                   f"{{{_MODEL}}}{_RATE}))", "mean"),
+        ),
+    ),
+    Panel(
+        "Cancelled and re-run jobs",
+        "Jobs cancelled by DELETE (stopped at a step end) and attempts started again after a worker or replica "
+        "died, per minute, by reason.",
+        "short",
+        (
+            Target(
+                f'sum(rate(ray_pab_jobs_total{{{_PAB},status="cancelled"}}{_RATE})) * 60 or vector(0)',
+                "cancelled / min",
+            ),
+            Target(
+                f"sum by (reason) (rate(ray_pab_job_reruns_total{{{_MODEL}}}{_RATE})) * 60 or vector(0)",
+                "re-run ({{reason}}) / min",
+            ),
+        ),
+    ),
+    Panel(
+        "Queue wait",
+        "From a job's submission until its batch started, p50/p95/p99 (grows when jobs wait in the engines).",
+        "s",
+        _quantiles("ray_pab_generation_latency_seconds", f'{_PAB},stage="queue_wait"'),
     ),
     Panel(
         "Jobs by status",

@@ -29,6 +29,7 @@ def main(store: str, port: int, jobs: int) -> dict:
         sp_degree=2,
         cpus_per_worker=1.0,  # a replica needs 2 CPUs: exactly one fits on each 2-CPU worker raylet
         num_replicas=2,
+        max_ongoing_requests=1,  # one job per replica at a time, so the jobs spread over both replicas
         defaults={"num_inference_steps": TEST_STEPS},
         storage={"url": store},
         poll_after_ms=100,
