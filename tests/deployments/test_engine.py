@@ -135,7 +135,7 @@ def test_a_killed_generator_replica_runs_its_jobs_again_once(shapes_app):
     api = shapes_app.client()
     jobs = _jobs_of_a_batch(api)
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if "VideoGenerator" in a["name"] and SHAPES_APP in a["name"]]
+                if f"{SHAPES_APP}#VideoGenerator#" in a["name"]]
     assert len(replicas) == 1
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
     for job in jobs:
