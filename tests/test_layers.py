@@ -118,7 +118,11 @@ class _Collector(ast.NodeVisitor):
         if any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in targets) and isinstance(node.value, ast.Dict):
             for value in node.value.values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str):
-                    name = value.value if value.value.split(".")[0] in ROOTS else f"{self.package}.{value.value}"
+                    text = value.value
+                    if text.startswith("."):  # relative to the package (`pab._lazy.lazy_exports` takes both)
+                        name = f"{self.package}{text}"
+                    else:
+                        name = text if text.split(".")[0] in ROOTS else f"{self.package}.{text}"
                     self._add(name, value, "lazy")
         self.generic_visit(node)
 
