@@ -42,7 +42,7 @@ class JobWrites:
         async with self._lock:
             if self.deleted:
                 return False
-            if "lease_until" not in update and update.get("status") not in TERMINAL:
+            if "lease_until" not in update and update.get("status", self.state.status) not in TERMINAL:
                 update["lease_until"] = time.time() + self._lease_s
             self.state = self.state.model_copy(update=update)
             self.deleted = not await asyncio.to_thread(self._store.set_state, self._job_id, self.state)
