@@ -2,7 +2,8 @@
 
 Jobs wait in the engine (FIFO). When the worker group is free, the engine takes the oldest job and every later
 compatible job (`pab.runtime.request.request.batch_key`: same size, frames, steps, PAB schedule and guidance mode) up
-to `max_batch_size`, waiting at most `batch_wait_ms` for companions while fewer are queued, and runs them as one
+to `max_batch_size`, waiting for companions while fewer are queued (until none arrived for `batch_wait_ms`, at most
+3 x `batch_wait_ms`), and runs them as one
 denoising loop on every rank. PAB's broadcast decision depends only on the timestep and the step counter, so the whole
 batch broadcasts at the same steps: PAB batches for free. Each sample keeps its own seed and the transformer is
 batch-invariant (`pab.runtime.pipelines.batching`), so a job's video is the one it would be alone.
@@ -30,6 +31,8 @@ from .workers import BatchStopped, WorkerGroup
 logger = logging.getLogger("ray.serve")
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
+MAX_WAITS = 3
+"""An idle engine gathers a batch for at most this many `batch_wait_ms` (while companions keep arriving)."""
 
 
 class JobCancelled(RuntimeError):
@@ -132,10 +135,13 @@ class GenerationEngine:
                 await self._run(batch)
 
     async def _gather_companions(self) -> None:
-        """Wait (at most `batch_wait_ms`) while the oldest job has fewer companions than a full batch."""
-        deadline = time.monotonic() + self._wait_s
+        """While the oldest job has fewer companions than a full batch, wait for more: until none has arrived for
+        `batch_wait_ms`, and at most `MAX_WAITS` x `batch_wait_ms` in all (a burst of submissions reaches the
+        engine spread over a few hundred milliseconds; a lone job starts after `batch_wait_ms`)."""
+        start = time.monotonic()
+        last = start
         while self._queue and len(self._compatible()) < self._max_batch:
-            remaining = deadline - time.monotonic()
+            remaining = min(last + self._wait_s, start + MAX_WAITS * self._wait_s) - time.monotonic()
             if remaining <= 0:
                 return
             self._arrived.clear()
@@ -143,6 +149,7 @@ class GenerationEngine:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return
+            last = time.monotonic()
 
     def _compatible(self) -> list[EngineJob]:
         head = self._queue[0]

@@ -91,19 +91,26 @@ def test_guidance_scales_may_differ_when_the_pipeline_takes_one_per_sample() -> 
     assert asyncio.run(scenario()) == [["a", "b"], ["c"]]  # CFG off (1.0) is another guidance mode
 
 
-def test_a_lone_job_waits_for_companions_at_most_batch_wait_ms() -> None:
+def test_a_lone_job_waits_for_companions_while_they_keep_arriving_within_batch_wait_ms() -> None:
     async def scenario() -> list[list[str]]:
         group = FakeGroup()
-        engine = _engine(group, max_batch=3, wait_ms=200)
-        first = asyncio.ensure_future(engine.submit(engine.job(_request("first"))))
-        await asyncio.sleep(0.05)  # arrives inside the wait: joins the batch
-        second = asyncio.ensure_future(engine.submit(engine.job(_request("second"))))
-        await asyncio.gather(first, second)
-        late = engine.submit(engine.job(_request("alone")))
-        await late
+        engine = _engine(group, max_batch=4, wait_ms=200)
+        jobs = []
+        for name in ("first", "second", "third"):  # each arrives within 200 ms of the one before: one batch
+            jobs.append(asyncio.ensure_future(engine.submit(engine.job(_request(name)))))
+            await asyncio.sleep(0.12)
+        await asyncio.gather(*jobs)
+        await engine.submit(engine.job(_request("alone")))  # nothing follows it: it starts after 200 ms
+        trickle = []
+        for i in range(6):  # one every 150 ms: the wait stops at 3 x 200 ms, the rest forms the next batch
+            trickle.append(asyncio.ensure_future(engine.submit(engine.job(_request(f"t{i}")))))
+            await asyncio.sleep(0.15)
+        await asyncio.gather(*trickle)
         return group.batches
 
-    assert asyncio.run(scenario()) == [["first", "second"], ["alone"]]
+    batches = asyncio.run(scenario())
+    assert batches[:2] == [["first", "second", "third"], ["alone"]]
+    assert [len(b) for b in batches[2:]] == [4, 2] and sum(batches[2:], []) == [f"t{i}" for i in range(6)]
 
 
 def test_cancel_a_queued_job_removes_it_and_a_running_batch_stops_when_all_its_jobs_are_cancelled() -> None:
