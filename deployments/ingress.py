@@ -30,12 +30,13 @@ from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error
+from serve_app.quality import PresetChooser
 from serve_app.retention import RetentionSweeper
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, Model, ModelList, VideoCreateBody, VideoDeleted, VideoList
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from serve_app.videos import video_object
 
-from . import metrics
+from . import metrics, playground
 from .dispatch import Dispatcher
 
 logger = logging.getLogger("ray.serve")
@@ -47,6 +48,7 @@ app = FastAPI(
     description="OpenAI-compatible video generation with Pyramid Attention Broadcast.",
     version="0.1.0",
 )
+app.include_router(playground.router)
 
 
 @app.exception_handler(APIError)
@@ -103,6 +105,8 @@ class VideoIngress:
         self._store = JobStore.from_config(config.storage)
         self._auth = Authenticator(config)
         self._cards = CardCache(self._store, config.card_key(), config.model_name, started_at=int(time.time()))
+        self._presets = PresetChooser(self._store, config)  # the quality watch's fallback for jobs naming no preset
+        app.state.playground = playground.Playground(self._cards, self._auth, config, self._presets)
         self._dispatcher = Dispatcher(generator, self._store, config)
         self._background = self._dispatcher.start()
         if config.storage.retention_s is not None:
@@ -141,7 +145,7 @@ class VideoIngress:
         try:
             fields = request_fields(body, lambda s, fps: card.frames_for_seconds(s, fps or card.defaults["fps"]))
             request = GenerationRequest(**fields)
-            return resolve(request, card, default_pab=self._config.pab_preset, limits=self._config.limits)
+            return resolve(request, card, default_pab=self._presets.default_preset(), limits=self._config.limits)
         except ValidationError as exc:
             raise _from_pydantic(exc.errors()) from None
         except RequestError as exc:
@@ -152,9 +156,14 @@ class VideoIngress:
 
     # ---- routes ----------------------------------------------------------------------------------------------
     @app.get("/health")
-    async def health(self) -> dict[str, str]:
-        """Liveness of this ingress replica (no auth: for load balancers and probes)."""
-        return {"status": "ok"}
+    async def health(self) -> JSONResponse:
+        """Readiness (no auth: for load balancers and probes): 503 `starting` until a generator replica has published
+        the model card, so nothing is sent to a deployment that cannot serve yet; then `ok`."""
+        try:
+            self._cards.get()
+        except APIError:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> ModelList:

@@ -44,7 +44,14 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
                 f"{exc}. Pass a directory saved with save_pretrained, or a hub id with the hub reachable."
             ) from exc
         pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device, dtype) if dtype is not None else pipeline.to(device)
+    return pipeline.to(device, dtype) if dtype is not None and _needs_cast(pipeline, dtype) else pipeline.to(device)
+
+
+def _needs_cast(pipeline: DiffusionPipeline, dtype: torch.dtype) -> bool:
+    """Whether a component holds weights of another dtype. Casting only then also keeps diffusers 0.42 quiet: it
+    warns about "modules that should be kept in float32: []" on every `.to(dtype)`, even with none to keep."""
+    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+    return any(p.dtype != dtype for m in modules for p in m.parameters())
 
 
 def call_defaults(pipeline: DiffusionPipeline) -> dict[str, Any]:
