@@ -84,7 +84,7 @@ function fillControls(card) {
     $(id).value = value;
     $(id).placeholder = value;
   }
-  $("width").step = $("height").step = card.size_step;
+  for (const id of ["width", "height"]) Object.assign($(id), { step: card.size_step, min: card.size_step });
   if (card.frames.fixed) $("frames").readOnly = true;
   $("steps").max = card.limits.max_steps;
   $("frames").max = card.limits.max_frames;
