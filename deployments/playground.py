@@ -17,14 +17,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+import serve_app
 from pab.geometry import patch_sizes, spatial_scale, temporal_scale
 from pab.presets import PRESET_NAMES
 from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
 from serve_app.config import AppConfig
+from serve_app.errors import not_found
 from serve_app.quality import PresetChooser
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "serve_app" / "static"
+STATIC_DIR = Path(serve_app.__file__).resolve().parent / "static"
 ASSETS: dict[str, str] = {"app.js": "text/javascript", "app.css": "text/css"}
 """The files the page loads besides itself (nothing else under the static directory is served)."""
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
@@ -92,5 +94,5 @@ async def model(request: Request) -> dict[str, Any]:
 @router.get("/playground/{name}")
 async def asset(name: str) -> Response:
     if name not in ASSETS:
-        return Response("not found", status_code=404, media_type="text/plain")
+        raise not_found("playground file", name)
     return Response((STATIC_DIR / name).read_bytes(), media_type=ASSETS[name], headers={"cache-control": "no-cache"})

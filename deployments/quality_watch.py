@@ -112,7 +112,10 @@ class QualityWatch:
             if self._pending and self._pending[0] is sample:
                 self._pending.popleft()
             if scores is not None:
-                await self._record(sample, scores)
+                try:
+                    await self._record(sample, scores)
+                except Exception:  # noqa: BLE001 - e.g. the store unreachable: this sample is lost, not the watch
+                    logger.warning("pab quality watch: could not record the sample of %s", sample.job_id, exc_info=True)
 
     # ---- one measurement ------------------------------------------------------------------------------------
     async def _measure(self, sample: _Sample) -> dict[str, Any] | None:

@@ -162,7 +162,9 @@ def _serve(args: argparse.Namespace) -> int:
     local = args.address is None
     logs.quiet_driver(config.log_level)
     began = time.monotonic()
-    ray.init(address=args.address, num_cpus=args.num_cpus if local else None, include_dashboard=False,
+    # "local": a Ray of its own even when another runs on this machine (None would join that one, and Ctrl-C would
+    # then shut its Serve down).
+    ray.init(address=args.address or "local", num_cpus=args.num_cpus if local else None, include_dashboard=False,
              logging_level=logs.level_name(config.log_level))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -179,10 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         _say("pab-serve: shutting down")
-        if local:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        serve.delete(APP_NAME)  # replicas stop gracefully; a Ray of our own then goes with its Serve controller
         ray.shutdown()
     return 0
 

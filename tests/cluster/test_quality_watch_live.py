@@ -107,6 +107,8 @@ def test_below_the_floor_default_jobs_run_the_fallback_and_the_alert_fires(app, 
         assert explicit["pab"]["name"] == "reference:latte"  # a preset the client names is kept
         for job in (fallback, explicit):
             assert api.wait(job["id"])["status"] == "completed"
+        shown = api.http.get("/playground/model").json()  # what the playground shows beside the model's name
+        assert shown["preset_now"] == "PAB-246" and shown["quality"]["fallback_active"] is True
 
         wait_for(lambda: _alert_state(prometheus) in ("pending", "firing"), 60, "the alert to be pending")
         for expr in dashboard.expressions(dashboard.QUALITY_PANELS):

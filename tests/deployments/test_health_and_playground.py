@@ -43,6 +43,11 @@ def ingress_only(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> I
         serve.delete(APP)
 
 
+def _public(api: ApiClient) -> ApiClient:
+    """The same app without the key."""
+    return ApiClient(str(api.http.base_url).rstrip("/"), api_key=None)
+
+
 def _publish_tiny_shapes_card(config: Any, store: Any) -> Any:
     from pab.runtime.pipelines import VideoGenerator, load_pipeline
     from pab.runtime.request.card import ModelCard
@@ -54,7 +59,7 @@ def _publish_tiny_shapes_card(config: Any, store: Any) -> Any:
 
 def test_health_is_starting_until_the_card_is_published_then_ok_and_the_playground_follows(ingress_only) -> None:
     api, config, store = ingress_only
-    public = ApiClient(api.http.base_url.__str__().rstrip("/"), api_key=None)
+    public = _public(api)
     starting = public.http.get("/health")
     assert (starting.status_code, starting.json()) == (503, {"status": "starting"})
     model = api.http.get("/playground/model")
@@ -79,7 +84,7 @@ def test_health_is_starting_until_the_card_is_published_then_ok_and_the_playgrou
 
 def test_the_page_and_its_assets_are_served_under_the_route_prefix_with_a_same_origin_policy(ingress_only) -> None:
     api, _, _ = ingress_only
-    public = ApiClient(str(api.http.base_url).rstrip("/"), api_key=None)
+    public = _public(api)
     root = public.http.get("/", follow_redirects=False)
     assert root.status_code == 307 and root.headers["location"] == f"{ROUTE}/playground"
     page = public.http.get("/playground")
