@@ -71,7 +71,7 @@ def _ratio(part: str, whole: str, by: str = "", rate: bool = False) -> str:
     return f"({total(part)} or {total(whole)} * 0) / {total(whole)}"
 
 
-PANELS: tuple[Panel, ...] = (
+JOB_PANELS: tuple[Panel, ...] = (
     Panel(
         "PAB hit rate since replica start",
         "Share of module calls answered from the PAB cache, per attention kind and for MLPs, over the lifetime of the "
@@ -246,6 +246,42 @@ PANELS: tuple[Panel, ...] = (
     ),
 )
 
+# The quality watch's panels have data only where it is on (`quality_watch.sample_rate` > 0).
+_MODEL = 'application=~"$application",model=~"$model",ray_io_cluster=~"$Cluster"'
+QUALITY_PANELS: tuple[Panel, ...] = (
+    Panel(
+        "PAB quality vs the full model (PSNR)",
+        "The quality watch re-runs sampled PAB jobs with PAB off while a replica is idle: PSNR of the served video "
+        "against the full model's, median over the rate window and the rolling median the fallback decides on, "
+        "beside the floor.",
+        "dB",
+        (
+            Target(
+                f"histogram_quantile(0.5, sum by (le, preset) (rate(ray_pab_quality_psnr_db_bucket{{{_PAB}}}{_RATE})))",
+                "{{preset}} p50",
+            ),
+            Target(f"max by (preset) (last_over_time(ray_pab_quality_psnr_median_db{{{_PAB}}}{_GAUGE}))",
+                   "{{preset}} rolling median"),
+            Target(f"max(last_over_time(ray_pab_quality_floor_psnr_db{{{_MODEL}}}{_GAUGE}))", "floor"),
+        ),
+    ),
+    Panel(
+        "Quality watch",
+        "Samples measured per minute, SSIM (p50), whether jobs naming no preset run with the fallback (1), and the "
+        "share of the worker groups' time spent on it (idle time only: user jobs preempt it).",
+        "short",
+        (
+            Target(f"sum by (preset) (rate(ray_pab_quality_samples_total{{{_PAB}}}{_RATE})) * 60", "{{preset}} / min"),
+            Target(f"histogram_quantile(0.5, sum by (le, preset) (rate(ray_pab_quality_ssim_bucket{{{_PAB}}}{_RATE})))",
+                   "{{preset}} SSIM p50"),
+            Target(f"max by (preset) (last_over_time(ray_pab_quality_fallback_active{{{_PAB}}}{_GAUGE}))",
+                   "fallback instead of {{preset}}"),
+            Target(f"sum(rate(ray_pab_background_seconds_total{{{_MODEL}}}{_RATE}))", "worker time share"),
+        ),
+    ),
+)
+PANELS: tuple[Panel, ...] = JOB_PANELS + QUALITY_PANELS
+
 
 def _variable(name: str, label: str, query: str) -> dict:
     return {
@@ -309,7 +345,8 @@ def render() -> dict:
     return {
         "uid": DASHBOARD_UID,
         "title": "pab-serve",
-        "description": "Pyramid Attention Broadcast video serving: hit rate, latency, queue, replicas, throughput.",
+        "description": "Pyramid Attention Broadcast video serving: hit rate, latency, queue, replicas, throughput, "
+        "quality against the full model.",
         "tags": ["pab-serve", "ray", "serve"],
         "editable": True,
         "schemaVersion": 39,
@@ -340,9 +377,9 @@ def render_text() -> str:
     return json.dumps(render(), indent=2) + "\n"
 
 
-def expressions() -> list[str]:
-    """Every PromQL expression the dashboard's panels run."""
-    return [t.expr for p in PANELS for t in p.targets]
+def expressions(panels: tuple[Panel, ...] = PANELS) -> list[str]:
+    """Every PromQL expression the dashboard's panels run (or those of `panels`)."""
+    return [t.expr for p in panels for t in p.targets]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 TEMPLATE_PATH = Path(__file__).parent / "prometheus.yml"
+RULES_PATH = Path(__file__).parent / "pab-alerts.yml"
 SD_FILE_NAME = "prom_metrics_service_discovery.json"  # ray._private.ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE
 DEFAULT_DATA_DIR = Path(".pab") / "prometheus"
 
@@ -32,10 +33,12 @@ class MonitoringError(RuntimeError):
 
 
 def render_config(ray_temp_dir: str | os.PathLike = "/tmp/ray", scrape_interval: str = "10s") -> dict[str, Any]:
-    """The template with the Ray SD file under `ray_temp_dir` and the given scrape/evaluation interval."""
+    """The template with the Ray SD file under `ray_temp_dir`, the given scrape/evaluation interval, and the alert
+    rules by absolute path (the rendered config is written elsewhere)."""
     config = yaml.safe_load(TEMPLATE_PATH.read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
+    config["rule_files"] = [str(RULES_PATH.resolve())]
     sd_file = str(Path(ray_temp_dir).resolve() / SD_FILE_NAME)
     for job in config["scrape_configs"]:
         for sd in job.get("file_sd_configs", []):

@@ -12,6 +12,10 @@ A job leaves the engine with its response, `JobCancelled`, or the batch's error.
 cancelling a running job drops its result, and when every job of the running batch is cancelled the ranks stop
 together at the next step end, freeing the replica. The engine knows nothing of the job store (`deployments.runner`
 writes job state) or of HTTP.
+
+Background work (`BackgroundWork`, e.g. `deployments.quality_watch`) sees every completed job and runs only while the
+queue is empty: a job that arrives cancels it, and the engine waits for it to hand the worker group back (at most one
+denoising step) before the job's batch starts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Hashable
+from typing import Awaitable, Callable, Hashable, Protocol
 
 from pab.runtime.request.request import GenerationRequest, batch_key
 from serve_app.schemas import GenerationResponse
@@ -33,6 +37,16 @@ logger = logging.getLogger("ray.serve")
 ProgressCallback = Callable[[int, int], Awaitable[None]]
 MAX_WAITS = 3
 """An idle engine gathers a batch for at most this many `batch_wait_ms` (while companions keep arriving)."""
+
+
+class BackgroundWork(Protocol):
+    """Work of the lowest priority on the engine's worker group."""
+
+    def observe(self, job: "EngineJob", response: GenerationResponse) -> None:
+        """Called with each job that completed (not cancelled)."""
+
+    async def run_idle(self) -> None:
+        """Run while no job waits; cancelled when one arrives, it must stop its use of the group before it returns."""
 
 
 class JobCancelled(RuntimeError):
@@ -71,10 +85,11 @@ class GenerationEngine:
         max_batch_size: Most jobs in one denoising loop.
         batch_wait_ms: How long an idle engine waits for companions of a lone compatible job.
         progress_poll_s: How often rank 0's step count is read while a batch runs.
+        background: Work to run while the queue is empty (`BackgroundWork`), or None.
     """
 
     def __init__(self, group: WorkerGroup, *, model: str, per_sample_guidance: bool, max_batch_size: int,
-                 batch_wait_ms: int, progress_poll_s: float) -> None:
+                 batch_wait_ms: int, progress_poll_s: float, background: BackgroundWork | None = None) -> None:
         self._group, self._model = group, model
         self._per_sample_guidance = per_sample_guidance
         self._max_batch, self._wait_s, self._poll_s = max_batch_size, batch_wait_ms / 1000, progress_poll_s
@@ -84,6 +99,7 @@ class GenerationEngine:
         self.batches_run = 0
         self.batches_stopped = 0
         self.jobs_cancelled = 0
+        self._background = background
         self._loop = asyncio.get_running_loop().create_task(self._serve())
 
     # ---- callers ---------------------------------------------------------------------------------------------
@@ -126,13 +142,24 @@ class GenerationEngine:
     # ---- the loop --------------------------------------------------------------------------------------------
     async def _serve(self) -> None:
         while True:
-            while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
+            if not self._queue:
+                await self._idle()
             await self._gather_companions()
             batch = self._take_batch()
             if batch:
                 await self._run(batch)
+
+    async def _idle(self) -> None:
+        """Wait for a job, running the background work meanwhile; it is cancelled, and awaited, when one arrives."""
+        work = asyncio.create_task(self._background.run_idle()) if self._background is not None else None
+        try:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+        finally:
+            if work is not None:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
 
     async def _gather_companions(self) -> None:
         """While the oldest job has fewer companions than a full batch, wait for more: until none has arrived for
@@ -183,6 +210,9 @@ class GenerationEngine:
                 raise
         else:
             self._settle(batch, responses, None)
+            for job, response in zip(batch, responses):
+                if self._background is not None and not job.cancelled:
+                    self._background.observe(job, response)
         finally:
             self._running = []
 

@@ -28,11 +28,13 @@ from pab.runtime.request.params import RequestError
 from pab.runtime.request.resolve import resolve
 from serve_app.config import AppConfig
 from serve_app.errors import from_request_error
+from serve_app.quality import PresetChooser
 from serve_app.schemas import GenerationRequest, GenerationResponse
 from serve_app.store import JobStore
 
 from . import metrics
 from .engine import GenerationEngine
+from .quality_watch import QualityWatch
 from .runner import JobRunner
 from .workers import ReplicaUnavailableError, WorkerGroup
 
@@ -56,11 +58,14 @@ class VideoGeneratorDeployment:
         max_batch = engine.max_batch_size if self._card.batch_variance is None else 1
         if max_batch < engine.max_batch_size:
             logger.info("pab: %s runs one job at a time: %s", self._card.name, self._card.batch_variance)
+        watching = config.quality_watch.enabled and self._card.adapter is not None
+        self._watch = QualityWatch(self._group, self._store, config, self._card) if watching else None
         self._engine = GenerationEngine(
             self._group, model=self._card.name, per_sample_guidance=self._card.per_sample_guidance,
             max_batch_size=max_batch, batch_wait_ms=engine.batch_wait_ms if max_batch > 1 else 0,
-            progress_poll_s=max(config.storage.progress_interval_s, 0.05),
+            progress_poll_s=max(config.storage.progress_interval_s, 0.05), background=self._watch,
         )
+        self._presets = PresetChooser(self._store, config)  # the quality watch's fallback, as the ingress sees it
         self._runner = JobRunner(self._store, self._engine, config, replica, self._card.name)
         self._store.put_card(config.card_key(), self._card.model_dump_json())
         self._startup = {**self._group.startup, "init_s": round(time.perf_counter() - began, 3)}
@@ -85,6 +90,7 @@ class VideoGeneratorDeployment:
             "model": self._card.model_dump(mode="json"),
             "engine": {"queued": queued, "running": running, "batches_run": self._engine.batches_run,
                        "batches_stopped": self._engine.batches_stopped, "jobs_cancelled": self._engine.jobs_cancelled},
+            "quality_watch": self._watch.describe() if self._watch is not None else None,
         }
 
     async def generate(self, request: GenerationRequest) -> GenerationResponse:
@@ -92,7 +98,7 @@ class VideoGeneratorDeployment:
         `serve_app.errors.InvalidRequestError` (a `ValueError`) whose `param` names the field."""
         submitted = time.time()
         try:
-            resolved = resolve(request, self._card, default_pab=self._config.pab_preset, limits=self._config.limits)
+            resolved = resolve(request, self._card, default_pab=self._presets.default_preset(), limits=self._config.limits)
         except RequestError as exc:  # re-raised as an error that pickles with its fields: it crosses Ray
             raise from_request_error(exc, api_names=False) from None
         job = self._engine.job(resolved)

@@ -32,7 +32,8 @@ from serve_app.cards import CardCache
 from serve_app.config import AppConfig
 from serve_app.errors import APIError, from_request_error, invalid, not_found, queue_full, server_error
 from serve_app.http_body import FORM_TYPE, check_content_type, form_fields, parse_json
-from serve_app.openapi import CONTENT_RESPONSE, describe, errors
+from serve_app.openapi import CONTENT_RESPONSE, HEALTH_RESPONSES, describe, errors
+from serve_app.quality import PresetChooser
 from serve_app.retention import RetentionSweeper
 from serve_app.schemas import (
     CONTENT_FORMATS, GenerationRequest, Model, ModelList, Video, VideoCreateBody, VideoDeleted, VideoList,
@@ -40,7 +41,7 @@ from serve_app.schemas import (
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from serve_app.videos import video_object
 
-from . import metrics
+from . import metrics, playground
 from .dispatch import Dispatcher
 
 logger = logging.getLogger("ray.serve")
@@ -53,6 +54,7 @@ app = FastAPI(
     version="0.1.0",
 )
 describe(app)
+app.include_router(playground.router)
 
 
 @app.exception_handler(APIError)
@@ -117,6 +119,8 @@ class VideoIngress:
         self._store = JobStore.from_config(config.storage)
         self._auth = Authenticator(config)
         self._cards = CardCache(self._store, config.card_key(), config.model_name, started_at=int(time.time()))
+        self._presets = PresetChooser(self._store, config)  # the quality watch's fallback for jobs naming no preset
+        app.state.playground = playground.Playground(self._cards, self._auth, config, self._presets)
         self._dispatcher = Dispatcher(generator, self._store, config)
         self._background = self._dispatcher.start()
         if config.storage.retention_s is not None:
@@ -155,7 +159,7 @@ class VideoIngress:
         try:
             fields = request_fields(body, lambda s, fps: card.frames_for_seconds(s, fps or card.defaults["fps"]))
             request = GenerationRequest(**fields)
-            return resolve(request, card, default_pab=self._config.pab_preset, limits=self._config.limits)
+            return resolve(request, card, default_pab=self._presets.default_preset(), limits=self._config.limits)
         except ValidationError as exc:
             raise _from_pydantic(exc.errors()) from None
         except RequestError as exc:
@@ -165,10 +169,15 @@ class VideoIngress:
             raise invalid(str(exc), param="size") from None
 
     # ---- routes ----------------------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health(self) -> dict[str, str]:
-        """Liveness of this ingress replica (no auth: for load balancers and probes)."""
-        return {"status": "ok"}
+    @app.get("/health", responses=HEALTH_RESPONSES)
+    async def health(self) -> JSONResponse:
+        """Readiness (no auth: for load balancers and probes): 503 `starting` until a generator replica has published
+        the model card, so nothing is sent to a deployment that cannot serve yet; then `ok`."""
+        try:
+            self._cards.get()
+        except APIError:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/v1/models", responses=errors(401, 503))
     async def list_models(self, request: Request) -> ModelList:

@@ -24,6 +24,14 @@ Exported names (what the Grafana dashboard in `cluster/grafana/` queries):
 - `ray_pab_denoising_step_seconds{model,preset}` histogram: one denoising step (all ranks, all CFG passes).
 - `ray_pab_batch_size{model}` histogram: jobs per engine batch (one denoising loop).
 - `ray_pab_job_reruns_total{model,reason}`: attempts started again after infrastructure lost one.
+- `ray_pab_quality_psnr_db{model,preset}` / `ray_pab_quality_ssim{model,preset}` histograms and
+  `ray_pab_quality_samples_total{model,preset}`: the quality watch's measurements of served PAB videos against the
+  full model's (`deployments.quality_watch`; PSNR of identical videos counts as 100 dB).
+- `ray_pab_quality_psnr_median_db{model,preset}` (the rolling median the fallback decides on),
+  `ray_pab_quality_floor_psnr_db{model}` and `ray_pab_quality_fallback_active{model,preset}` (1 while jobs that
+  name no preset run with the fallback instead of `preset`, the default) gauges, re-set every few seconds.
+- `ray_pab_background_runs_total{model,work,outcome}` / `ray_pab_background_seconds_total{model,work}`: work the
+  replicas do while idle (`work="quality_watch"`; `outcome` `completed`, `preempted` by a user job, `failed`).
 
 Label values are bounded: `preset` is a known preset name (`preset_label`: `pab.presets.PRESET_NAMES`, the `+mlp`
 pyramids, the per-model `reference:<family>` names) or `custom` for any other (a client's own PAB overrides may
@@ -69,6 +77,8 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 )
 STEP_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+PSNR_BUCKETS_DB: tuple[float, ...] = (10, 15, 20, 22, 24, 26, 28, 30, 32, 34, 36, 40, 45, 50, 60, 100)
+SSIM_BUCKETS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 1.0)
 
 _JOB_TAGS = ("model", "preset")
 
@@ -127,6 +137,30 @@ _SPECS: dict[str, _Spec] = {
     "reruns": _Spec(
         "counter", "pab_job_reruns", "Job attempts started again after infrastructure lost one, by reason.",
         ("model", "reason"),
+    ),
+    "quality_psnr": _Spec(
+        "histogram", "pab_quality_psnr_db", "PSNR (dB) of sampled served PAB videos against the full model's.",
+        _JOB_TAGS, PSNR_BUCKETS_DB,
+    ),
+    "quality_ssim": _Spec(
+        "histogram", "pab_quality_ssim", "SSIM of sampled served PAB videos against the full model's.",
+        _JOB_TAGS, SSIM_BUCKETS,
+    ),
+    "quality_samples": _Spec("counter", "pab_quality_samples", "Quality-watch measurements.", _JOB_TAGS),
+    "quality_median": _Spec(
+        "gauge", "pab_quality_psnr_median_db", "Rolling median PSNR (dB) of the quality watch's window.", _JOB_TAGS
+    ),
+    "quality_floor": _Spec("gauge", "pab_quality_floor_psnr_db", "The quality watch's PSNR floor (dB).", ("model",)),
+    "quality_fallback": _Spec(
+        "gauge", "pab_quality_fallback_active",
+        "1 while jobs naming no preset run with the fallback preset instead of the default `preset`.", _JOB_TAGS,
+    ),
+    "background_runs": _Spec(
+        "counter", "pab_background_runs", "Idle-time runs on the worker group, by work and outcome.",
+        ("model", "work", "outcome"),
+    ),
+    "background_seconds": _Spec(
+        "counter", "pab_background_seconds", "Worker-group seconds spent on idle-time work.", ("model", "work"),
     ),
 }
 
@@ -252,3 +286,32 @@ def set_queue_depth(waiting: int, running: int) -> None:
 def record_job_rejected(reason: str = "queue_full") -> None:
     """Book a request refused before a job existed (e.g. 429 from back-pressure)."""
     _metrics().rejected.inc(1, {"reason": reason})
+
+
+@_never_raises
+def record_quality_sample(model: str, preset: str, psnr_db: float, ssim: float) -> None:
+    """Book one quality-watch measurement of `preset` (PSNR already capped, see `serve_app.quality`)."""
+    m = _metrics()
+    tags = {"model": model, "preset": preset_label(preset)}
+    m.quality_samples.inc(1, tags)
+    m.quality_psnr.observe(psnr_db, tags)
+    m.quality_ssim.observe(ssim, tags)
+
+
+@_never_raises
+def set_quality_status(model: str, default_preset: str, floor_psnr_db: float, fallback_active: bool,
+                       medians: dict[str, float]) -> None:
+    """Publish the quality watch's state: floor, fallback flag (for the default preset) and median per preset."""
+    m = _metrics()
+    m.quality_floor.set(floor_psnr_db, {"model": model})
+    m.quality_fallback.set(1 if fallback_active else 0, {"model": model, "preset": preset_label(default_preset)})
+    for preset, median in medians.items():
+        m.quality_median.set(median, {"model": model, "preset": preset_label(preset)})
+
+
+@_never_raises
+def record_background(model: str, work: str, outcome: str, seconds: float) -> None:
+    """Book one idle-time run (`completed`, `preempted` by a user job, or `failed`) and the seconds it held the group."""
+    m = _metrics()
+    m.background_runs.inc(1, {"model": model, "work": work, "outcome": outcome})
+    _inc(m.background_seconds, seconds, {"model": model, "work": work})

@@ -26,7 +26,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pab.runtime.request.card import ModelCard
 from serve_app.config import AppConfig
+from serve_app.logs import quiet_libraries
 from serve_app.schemas import CONTENT_FORMATS, GenerationRequest, GenerationResponse
+
+from .quality_probe import ServedFrames, measure
 
 logger = logging.getLogger("ray.serve")
 
@@ -96,6 +99,7 @@ class GenerationWorker:
     """One rank. Plain class: `WorkerGroup` wraps it with `ray.remote` and pins it to its bundle."""
 
     def __init__(self, rank: int, config: AppConfig) -> None:
+        quiet_libraries(config.log_level)  # before torch loads
         import torch
 
         self.rank, self.config = rank, config
@@ -103,6 +107,7 @@ class GenerationWorker:
         self._listen_socket = None
         self._generator = None
         self._progress = StepProgress()
+        self._served = ServedFrames.for_config(config, rank)
 
     def node_address(self) -> str:
         return ray.util.get_node_ip_address()
@@ -172,6 +177,8 @@ class GenerationWorker:
         """Run one batch of resolved requests on this rank; rank 0 returns the encoded videos, other ranks None."""
         self._progress.start(batch[0].num_inference_steps)
         results = self._generator.generate_batch(batch, on_step=self._on_step)
+        if self._served is not None:
+            self._served.keep_all(results)
         if self.rank != 0:
             return None
         with ThreadPoolExecutor(max_workers=min(len(results), ENCODE_THREADS)) as pool:  # ffmpeg runs as subprocesses
@@ -188,6 +195,13 @@ class GenerationWorker:
         stats = result.stats.with_timings(encode_s=time.perf_counter() - start)
         return GenerationResponse(model=self.config.model_name, video=video, thumbnail=thumbnail,
                                   spritesheet=spritesheet, request=result.request, stats=stats)
+
+    def measure_quality(self, batch: Sequence[GenerationRequest], probe_pab: dict[str, Any] | None) -> dict | None:
+        """The quality watch's re-run of one served request with PAB off (`deployments.quality_probe.measure`);
+        rank 0 returns the scores, other ranks None. Stops at a step end like a batch."""
+        self._progress.start(batch[0].num_inference_steps)
+        scores = measure(self._generator, batch[0], self._served, probe_pab, self._on_step)
+        return scores if self.rank == 0 else None
 
     def _on_step(self, step: int, total: int) -> None:
         """After each step: record progress, and stop the batch on every rank at once if the replica asked any."""
@@ -271,13 +285,16 @@ class WorkerGroup:
         batch: Sequence[GenerationRequest],
         on_progress: Callable[[int, int], Awaitable[None]] | None = None,
         poll_s: float = 0.5,
+        call: str = "generate",
+        args: tuple[Any, ...] = (),
     ) -> list[GenerationResponse]:
         """Generate one batch on every rank; return rank 0's responses, or raise as soon as any rank fails.
 
-        While it runs, rank 0's step count is read every `poll_s` and handed to `on_progress(done, total)`."""
+        While it runs, rank 0's step count is read every `poll_s` and handed to `on_progress(done, total)`. `call`
+        names another `GenerationWorker` method that takes the batch (and `args`), e.g. `measure_quality`."""
         if self.broken is not None:
             raise ReplicaUnavailableError(f"this generator replica is being replaced ({self.broken}); retry")
-        futures = [asyncio.ensure_future(w.generate.remote(list(batch))) for w in self.workers]
+        futures = [asyncio.ensure_future(getattr(w, call).remote(list(batch), *args)) for w in self.workers]
         watcher = asyncio.ensure_future(self._watch(futures, on_progress, poll_s)) if on_progress else None
         try:
             _, pending = await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)

@@ -112,6 +112,7 @@ VARIANTS: tuple[Variant, ...] = (
             "api_key_env": API_KEY_ENV,
             "limits": {"max_frames": 16, "max_pixels": 512 * 512, "max_steps": 100, "max_work": 16 * 512 * 512 * 100},
             "storage": {"url": STORE_MOUNT},
+            "quality_watch": None,  # off on GPUs: each re-run is a full-price generation (turn on with a sample_rate)
         },
         head_resources={"cpu": "4", "memory": "16Gi"},
         worker_group="gpu-workers",

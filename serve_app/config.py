@@ -86,6 +86,63 @@ class EngineConfig(_Section):
     lease_s: float = Field(30.0, gt=0, le=3600, description="how long a runner holds a job without renewing")
 
 
+class QualityWatchConfig(_Section):
+    r"""
+    The quality watch (`deployments.quality_watch`): what PAB costs in quality on live traffic.
+
+    While a generator replica is idle it re-runs a sample of its completed PAB jobs with PAB off and measures the
+    served video against the full model's (PSNR, SSIM: `ray_pab_quality_psnr_db`, `ray_pab_quality_ssim`). When the
+    rolling median PSNR of the default preset's last `window` samples falls below `floor_psnr_db`, jobs that name
+    no preset run with `fallback_preset` until it is back at or above the floor (a log line and the gauge
+    `ray_pab_quality_fallback_active` say so). A user job never waits for it beyond one denoising step: a job that
+    arrives stops the re-run at its next step end.
+
+    Args:
+        sample_rate: Share of completed PAB jobs re-run (0 turns the watch off; the default on every config but the
+            CPU demo, `serve_app/configs/serve_cpu.yaml`: on a GPU a re-run is a full-price generation).
+        floor_psnr_db: The rolling median PSNR (dB) below which the default preset is replaced.
+        fallback_preset: What jobs without a preset run with while the default is below the floor.
+        window: Samples in the rolling median (per preset, pooled over the replicas through the job store).
+        min_samples: Samples the default preset needs before the watch decides anything.
+        frame_cache_mb: Per worker, how many MiB of recently served frames are kept for the watch to compare
+            against; a sample whose frames were evicted re-runs its PAB generation too.
+        seed: Seed of the sampling draw (reproducible samples).
+    """
+
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    floor_psnr_db: float = Field(25.0, gt=0)
+    fallback_preset: str = "none"
+    window: int = Field(16, ge=1, le=1000)
+    min_samples: int = Field(4, ge=1)
+    frame_cache_mb: float = Field(64.0, ge=0)
+    seed: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.sample_rate > 0
+
+    @field_validator("fallback_preset")
+    @classmethod
+    def _known_fallback(cls, value: str) -> str:
+        return _check_preset("quality_watch.fallback_preset", value)
+
+    @model_validator(mode="after")
+    def _window_holds_min(self) -> "QualityWatchConfig":
+        if self.min_samples > self.window:
+            raise ValueError(f"quality_watch.min_samples={self.min_samples} exceeds window={self.window}")
+        return self
+
+
+def _check_preset(field: str, value: str) -> str:
+    from pab.presets import get_preset
+
+    try:
+        get_preset(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return value
+
+
 class APIKeyConfig(_Section):
     r"""
     One API key of one tenant. A tenant sees, lists, downloads and deletes only its own jobs.
@@ -155,6 +212,10 @@ class AppConfig(BaseModel):
             max_queued_jobs}`); combines with the single key. Auth is off when no key is configured at all.
         allow_unauthenticated_public: Serve HTTP beyond loopback with auth off anyway. Without it, `pab serve` and
             `build_app` refuse to start so (`serve_app.safety.check_bind`).
+        quality_watch: Re-runs of sampled PAB jobs with PAB off while idle, and the preset fallback
+            (`QualityWatchConfig`); off unless `sample_rate` > 0.
+        log_level: What the replicas log (`serve_app.logs`): `warning` keeps a console to job ends and problems,
+            `info` adds replica start-up, `debug` every HTTP request.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -193,17 +254,13 @@ class AppConfig(BaseModel):
     storage: StorageConfig = StorageConfig()
     queue: QueueConfig = QueueConfig()
     engine: EngineConfig = EngineConfig()
+    quality_watch: QualityWatchConfig = QualityWatchConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     @field_validator("pab_preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from pab.presets import get_preset
-
-        try:
-            get_preset(value)
-        except ValueError as exc:
-            raise ValueError(f"pab_preset: {exc}") from None
-        return value
+        return _check_preset("pab_preset", value)
 
     @field_validator("defaults")
     @classmethod

@@ -48,6 +48,15 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _MEANINGS[code]} for code in (*codes, 500)}
 
 
+class Health(BaseModel):
+    status: str
+
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Health, "description": "`ok`: a generator replica has published the model card"},
+    503: {"model": Health, "description": "`starting`: no generator replica can serve yet"},
+}
+
 CONTENT_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the video (mp4), its thumbnail (webp) or its spritesheet (jpeg), by `variant`",

@@ -11,6 +11,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config import AppConfig
+from serve_app.logs import serve_logging_config
 from serve_app.safety import check_bind, serve_http_host
 
 APP_NAME = "pab"
@@ -25,6 +26,7 @@ def generator_options(config: AppConfig) -> dict[str, Any]:
         "max_ongoing_requests": config.generator_max_ongoing_requests,
         "health_check_period_s": config.health_check_period_s,
         "health_check_timeout_s": config.health_check_timeout_s,
+        "logging_config": serve_logging_config(config.log_level),
     }
     if config.autoscaling_config is not None:
         from deployments.autoscaling import resolve_autoscaling_config
@@ -44,4 +46,5 @@ def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     check_bind(serve_http_host(), config)  # no public HTTP with auth off, unless the config opts in
     generator = VideoGeneratorDeployment.options(**generator_options(config)).bind(config)
-    return VideoIngress.options(num_replicas=config.ingress_replicas).bind(generator, config)
+    return VideoIngress.options(num_replicas=config.ingress_replicas,
+                                logging_config=serve_logging_config(config.log_level)).bind(generator, config)

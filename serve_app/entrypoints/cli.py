@@ -1,9 +1,13 @@
 """The `pab` console script.
 
     pab serve [--config FILE] [key=value ...]   serve the Videos API (starts Ray in-process, or --address)
-    pab generate "a cat runs in the park"        one video locally, no Ray, straight through the pipeline
-    pab submit "a cat runs in the park"          client: submit to a server, show progress, save the mp4
+    pab generate "a red square moving left"      one video locally, no Ray, straight through the pipeline
+    pab submit "a blue disc moving up"           client: submit to a server, show progress, save the mp4
     pab status [VIDEO_ID]                        client: server health and recent jobs, or one job
+
+The default model (tiny-shapes) knows the words of prompts such as "a green triangle moving right": colours red,
+green, blue, yellow; shapes square, disc, triangle; directions left, right, up, down. Errors are one line that names
+the field at fault.
 
 More subcommands plug in from `serve_app.commands` (see its docstring). Ray is imported only by `serve`.
 """
@@ -130,6 +134,9 @@ def _register_serve(subparsers: Any) -> None:
                    help="HTTP host (env PAB_BIND_HOST; 0.0.0.0 listens on every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of an in-process Ray (default: all)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
+                   help="what the console shows (default: the config's log_level, warning: banner, job ends, "
+                        "problems; debug adds every HTTP request)")
     p.set_defaults(func=_serve)
 
 
@@ -138,6 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     _warn_literal_key(args.overrides)
     config = load_app_config(args.config, args.overrides)
+    if args.log_level:
+        config = config.model_copy(update={"log_level": args.log_level})
     try:
         check_bind(args.host, config)  # before Ray starts: fail in a second, not after a minute of start-up
     except UnsafeBindError as exc:
@@ -146,29 +155,50 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from serve_app import console, logs
     from serve_app.entrypoints.builder import APP_NAME, build_app
+    from serve_app.store import JobStore
 
     local = args.address is None
-    ray.init(address=args.address, num_cpus=args.num_cpus if local else None, include_dashboard=False,
-             logging_level="WARNING")
+    logs.quiet_driver(config.log_level)
+    began = time.monotonic()
+    # "local": a Ray of its own even when another runs on this machine (None would join that one, and Ctrl-C would
+    # then shut its Serve down).
+    ray.init(address=args.address or "local", num_cpus=args.num_cpus if local else None, include_dashboard=False,
+             logging_level=logs.level_name(config.log_level))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    url = f"http://{args.host}:{args.port}"
+    _say(*console.banner(config, url, _ray_logs_dir()))
+    console.follow(JobStore.from_config(config.storage), stop, _say)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port},
+                    logging_config=logs.serve_logging_config(config.log_level))
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
-        url = f"http://{args.host}:{args.port}"
-        print(f"pab-serve: serving {config.model_name!r} at {url}/v1 "
-              f"({config.world_size} {config.device} workers per replica); Ctrl-C to stop", flush=True)
+        _say(f"pab-serve: ready in {time.monotonic() - began:.0f} s at {url}/v1; Ctrl-C to stop")
         stop.wait()
     finally:
-        print("pab-serve: shutting down", file=sys.stderr, flush=True)
-        if local:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        stop.set()
+        _say("pab-serve: shutting down")
+        serve.delete(APP_NAME)  # replicas stop gracefully; a Ray of our own then goes with its Serve controller
         ray.shutdown()
     return 0
+
+
+def _say(*lines: str) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def _ray_logs_dir() -> str | None:
+    """Where this Ray session writes every process's log (what the console leaves out)."""
+    try:
+        import ray
+
+        return os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    except Exception:  # noqa: BLE001 - a private API: the banner just leaves it out
+        return None
 
 
 def _warn_literal_key(overrides: Sequence[str]) -> None:
@@ -283,9 +313,13 @@ def _status(args: argparse.Namespace) -> int:
         if args.video_id:
             print(json.dumps(_check(client.get(f"/v1/videos/{args.video_id}")), indent=2))
             return 0
-        health = _check(client.get("/health"))
+        health = client.get("/health")
+        if health.status_code == 503 and health.json().get("status") == "starting":
+            print(f"{args.url}: starting (the model is still loading)")
+            return 1
+        _check(health)
         models = [m["id"] for m in _check(client.get("/v1/models"))["data"]]
-        print(f"{args.url}: {health['status']}; models: {', '.join(models)}")
+        print(f"{args.url}: {health.json()['status']}; models: {', '.join(models)}")
         for v in _check(client.get("/v1/videos", params={"limit": args.limit}))["data"]:
             print(f"{v['id']}  {v['status']:<11} {v['progress']:>3}%  {v['size']:>9} {v['frames']:>3}f  "
                   f"{v['prompt'][:50]}")
@@ -319,8 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a request, PAB or config error ends it with one line naming the field, not a traceback."""
+    from pydantic import ValidationError
+
+    from serve_app.console import error_line
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, ValidationError) as exc:  # RequestError, PABConfigError, ModelLoadError are ValueErrors
+        raise SystemExit(f"pab {args.command}: {error_line(exc)}") from None
 
 
 if __name__ == "__main__":

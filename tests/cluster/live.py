@@ -18,10 +18,13 @@ GENERATOR = "VideoGenerator"
 __all__ = [
     "ApiClient",
     "app_fixture",
+    "dashboard_query",
     "deploy",
     "deployed",
+    "prometheus_for_session",
     "replicas_running",
     "replicas_that_completed_jobs",
+    "require_prometheus",
     "scrape",
     "series",
     "wait_for",
@@ -93,3 +96,41 @@ def replicas_that_completed_jobs(app: str) -> set[str]:
     """Generator replicas whose `ray_pab_jobs_total{status="completed"}` is above 0 (Serve tags each replica)."""
     rows = series(scrape(), "ray_pab_jobs_total", application=app, status="completed")
     return {lab["replica"] for lab, v in rows if v > 0}
+
+
+def require_prometheus() -> None:
+    """Skip without Debian's prometheus, or fail under CI, where scripts/setup.sh --test must have installed it."""
+    import os
+
+    import pytest
+
+    if monitoring.find_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the prometheus binary is missing under CI: scripts/setup.sh must install it")
+        pytest.skip("Prometheus is not installed (apt-get install -y prometheus)")
+
+
+@contextlib.contextmanager
+def prometheus_for_session(tmp_path_factory: Any) -> Iterator[monitoring.PrometheusServer]:
+    """A Prometheus (cluster/prometheus.yml and its alert rules) scraping the session Ray cluster every second."""
+    import ray
+
+    from cluster.local_cluster import free_port
+
+    require_prometheus()
+    # The session dir holds this cluster's SD file (the /tmp/ray symlink may be another local cluster's).
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    server = monitoring.start(port=free_port(), data_dir=tmp_path_factory.mktemp("prometheus"),
+                              ray_temp_dir=session_dir, scrape_interval="1s")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def dashboard_query(server: monitoring.PrometheusServer, expr: str, application: str) -> list[dict]:
+    """Run a dashboard expression with its Grafana variables filled in for one application."""
+    for var, value in {"$__rate_interval": "10m", "$application": application, "$model": ".*", "$preset": ".*",
+                       "$Cluster": ".*"}.items():
+        expr = expr.replace(var, value)
+    return server.query(expr)

@@ -17,7 +17,8 @@ import pytest
 
 from cluster import dashboard, monitoring
 from cluster.local_cluster import free_port
-from tests.cluster.live import ApiClient, app_fixture, wait_for
+from tests.cluster.live import (ApiClient, app_fixture, dashboard_query, prometheus_for_session,
+                                require_prometheus, wait_for)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,22 +28,8 @@ KINDS = ("spatial", "temporal", "cross")
 
 @pytest.fixture(scope="module")
 def prometheus(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[monitoring.PrometheusServer]:
-    if monitoring.find_binary() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the prometheus binary is missing under CI: scripts/setup.sh must install it")
-        pytest.skip("Prometheus is not installed (apt-get install -y prometheus)")
-    import ray
-
-    # The session dir holds this cluster's SD file (the /tmp/ray symlink may be another local cluster's).
-    session_dir = ray._private.worker._global_node.get_session_dir_path()
-    server = monitoring.start(
-        port=free_port(),
-        data_dir=tmp_path_factory.mktemp("prometheus"),
-        ray_temp_dir=session_dir,
-        scrape_interval="1s",
-    )
-    yield server
-    server.stop()
+    with prometheus_for_session(tmp_path_factory) as server:
+        yield server
 
 
 app = app_fixture(
@@ -54,15 +41,7 @@ app = app_fixture(
 
 
 def _query(server: monitoring.PrometheusServer, expr: str) -> list[dict]:
-    for var, value in {
-        "$__rate_interval": "10m",
-        "$application": APP,
-        "$model": ".*",
-        "$preset": ".*",
-        "$Cluster": ".*",
-    }.items():
-        expr = expr.replace(var, value)
-    return server.query(expr)
+    return dashboard_query(server, expr, APP)
 
 
 def _scalar(server: monitoring.PrometheusServer, expr: str) -> float | None:
@@ -129,9 +108,10 @@ def test_dashboard_queries_return_data_and_hit_rate_matches_the_jobs_stats(
     }
     assert comm["skipped"] > 0
 
-    # Every expression of every panel returns at least one finite value.
+    # Every expression of every job panel returns at least one finite value (the quality panels need the quality
+    # watch on: tests/cluster/test_quality_watch_live.py).
     empty = []
-    for expr in dashboard.expressions():
+    for expr in dashboard.expressions(dashboard.JOB_PANELS):
         values = [float(r["value"][1]) for r in _query(prometheus, expr)]
         if not any(math.isfinite(v) for v in values):
             empty.append(expr)
@@ -148,10 +128,7 @@ def test_start_monitoring_script_starts_a_ready_prometheus_and_stops_it(tmp_path
 
     if not in_loopback_namespace():
         pytest.skip("opens a port: run inside ../shared/bin/loopback-only")
-    if monitoring.find_binary() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the prometheus binary is missing under CI: scripts/setup.sh must install it")
-        pytest.skip("Prometheus is not installed (apt-get install -y prometheus)")
+    require_prometheus()
     port, data = free_port(), tmp_path / "prom"
     script = [str(REPO_ROOT / "cluster" / "start-monitoring.sh"), "--data-dir", str(data)]
     env = {**os.environ, "PYTHON": sys.executable}

@@ -117,9 +117,9 @@ def test_exported_names_follow_prometheus_conventions() -> None:
         if spec.kind == "counter":
             assert name.endswith("_total")
         if "seconds" in spec.description.lower() or spec.buckets in (metrics.LATENCY_BUCKETS_S, metrics.STEP_BUCKETS_S):
-            assert name.endswith("_seconds")
+            assert name.removesuffix("_total").endswith("_seconds")
         elif spec.kind == "histogram":
-            assert name.endswith("_size")  # a count per event (jobs per batch)
+            assert name.endswith(("_size", "_db", "_ssim"))  # a count per event, decibels, the SSIM index
     assert "pab_collective_bytes_total" in names  # unit before _total
 
 

@@ -50,7 +50,14 @@ def load_pipeline(model: str, *, device: str | torch.device = "cpu", dtype: torc
         pipeline.set_progress_bar_config(disable=True)
     if type(getattr(pipeline, "vae", None)).__name__ in _TILED_ONLY_VAES:
         pipeline.vae.enable_tiling()
-    return pipeline.to(device, dtype) if dtype is not None else pipeline.to(device)
+    return pipeline.to(device, dtype) if dtype is not None and _needs_cast(pipeline, dtype) else pipeline.to(device)
+
+
+def _needs_cast(pipeline: DiffusionPipeline, dtype: torch.dtype) -> bool:
+    """Whether a component holds weights of another dtype. Casting only then also keeps diffusers 0.42 quiet: it
+    warns about "modules that should be kept in float32: []" on every `.to(dtype)`, even with none to keep."""
+    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+    return any(p.dtype != dtype for m in modules for p in m.parameters())
 
 
 def fixed_call_kwargs(pipeline: DiffusionPipeline) -> dict[str, Any]:
