@@ -19,16 +19,27 @@ OTHER_KIND = "other"
 
 @dataclass
 class KindStats:
+    """Calls of one kind; `broadcast` counts every call that skipped its computation, `forecast` those of them that
+    returned an extrapolation rather than the cached output."""
+
     calls: int = 0
     computed: int = 0
     broadcast: int = 0
+    forecast: int = 0
 
     @property
     def hit_rate(self) -> float:
         return self.broadcast / self.calls if self.calls else 0.0
 
+    def add(self, other: "KindStats") -> None:
+        self.calls += other.calls
+        self.computed += other.computed
+        self.broadcast += other.broadcast
+        self.forecast += other.forecast
+
     def to_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "computed": self.computed, "broadcast": self.broadcast, "hit_rate": self.hit_rate}
+        return {"calls": self.calls, "computed": self.computed, "broadcast": self.broadcast, "hit_rate": self.hit_rate,
+                "forecast": self.forecast}
 
 
 @dataclass
@@ -43,17 +54,24 @@ class CommCounter:
 
 @dataclass
 class PABStats:
-    """Counts for the current (or, between generations, the last) generation."""
+    """Counts for the current (or, between generations, the last) generation.
+
+    `step` counts transformer forwards under the step-level rule: a forward served from the step cache is also
+    booked as a broadcast of every classified module (none of them ran), so per-kind hit rates give the share of
+    attention and MLP work skipped by both levels together.
+    """
 
     preset: str = "custom"
     forwards: int = 0
     kinds: dict[str, KindStats] = field(default_factory=lambda: {k: KindStats() for k in STAT_KINDS})
     issued: dict[tuple[str, str], CommCounter] = field(default_factory=dict)
     skipped: dict[tuple[str, str], CommCounter] = field(default_factory=dict)
+    step: KindStats = field(default_factory=KindStats)
 
     def reset(self) -> None:
         self.forwards = 0
         self.kinds = {k: KindStats() for k in STAT_KINDS}
+        self.step = KindStats()
         self.issued.clear()
         self.skipped.clear()
 
@@ -80,10 +98,7 @@ class PABStats:
         """All attention kinds together (MLP excluded)."""
         total = KindStats()
         for kind in STAT_KINDS[:3]:
-            s = self.kinds[kind]
-            total.calls += s.calls
-            total.computed += s.computed
-            total.broadcast += s.broadcast
+            total.add(self.kinds[kind])
         return total
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +108,7 @@ class PABStats:
             "forwards": self.forwards,
             "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
             "attention": self.attention.to_dict(),
+            "step": self.step.to_dict(),
             "comm": {
                 "issued": _nest(self.issued),
                 "skipped": _nest(self.skipped),
