@@ -57,14 +57,13 @@ class StepCache:
         if rule is None:
             return None
         ps = self._pass(generation, branch, rule)
-        counts = stats.step
-        counts.calls += 1
         ps.counter += 1
         if not (len(ps.history) and rule.broadcasts(ps.counter - 1, timestep)):
-            counts.computed += 1
+            stats.step.calls += 1
+            stats.step.computed += 1
             return None
         forecast = rule.forecast_order > 0 and len(ps.history) > 1
-        _book_skip(counts, forecast)
+        _book_skip(stats.step, forecast)
         for module in modules:
             _book_skip(stats.kinds[module.kind], forecast)
             for op, nbytes in module.skipped_collectives():

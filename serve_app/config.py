@@ -131,6 +131,13 @@ class AppConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     cpu_generation_niceness: int = Field(4, ge=0, le=19)
     pab_preset: str = "reference"
+    compile: bool | dict[str, Any] = Field(
+        False,
+        description="torch.compile each worker's transformer with PAB's decisions outside the compiled region: true, "
+        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, mode, warm_up...). Off by default: on the "
+        "2-core CPU the warm-up (~10 s a graph, 5 graphs for PAB-246) delays a replica start far past its 20 s target "
+        "for 2x faster tiny generations (BENCHMARKS.md); sequence/CFG parallel cannot be compiled yet.",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     num_replicas: int | None = Field(None, ge=1)

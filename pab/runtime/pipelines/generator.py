@@ -22,6 +22,7 @@ from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
 from pab.presets import get_preset
+from pab.runtime.pipelines.compile import compile_generator
 from pab.runtime.pipelines.loading import call_defaults, pipeline_defaults
 from pab.runtime.request.params import MAX_SEED, GenerationParams, GenerationParamsError, validate_params
 
@@ -90,6 +91,8 @@ class VideoGenerator:
             None.
         defaults: generation defaults overriding `pipeline_defaults(pipeline)`.
         parallel: a sequence-parallel setting handed to `pab.parallel.apply_parallel`; None runs on one device.
+        compile: `torch.compile` the transformer with PAB's decisions outside the compiled region: True, or a
+            mapping of `pab.runtime.pipelines.compile.CompileConfig` fields; the report is `compile_report`.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class VideoGenerator:
         *,
         defaults: Mapping[str, Any] | None = None,
         parallel: Any = None,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
@@ -114,6 +118,7 @@ class VideoGenerator:
             apply_pab(pipeline.transformer, self.pab_config, self.adapter) if self.adapter is not None else None
         )
         self._lock = threading.Lock()
+        self.compile_report = compile_generator(self, compile) if compile else None
 
     @property
     def pab_handle(self) -> PABHandle | None:
