@@ -108,8 +108,8 @@ class TimestepHook(ModelHook):
             value = args[self.timestep_position]
         if value is None:
             raise PABApplyError("PAB needs the diffusion timestep, but the transformer was called without `timestep`")
-        if isinstance(value, torch.Tensor):
-            return float(value.detach().float().max())
+        if isinstance(value, torch.Tensor):  # one read per forward, eager: the compiled region never sees it
+            return float(value.item() if value.numel() == 1 else value.max())
         return float(value)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -136,9 +136,11 @@ class TimestepHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Pipelines reset stateful hooks when a call ends: keep the finished generation's stats readable until the
-        # next generation starts, but start that one from scratch.
+        # next generation starts, but start that one from scratch, and free the cached activations now.
         self.state.pending_reset = True
         self.steps.reset()
+        for hook in self.broadcast_hooks:
+            hook.passes.clear()
         return module
 
 
@@ -152,9 +154,13 @@ class _PassState:
 
 
 class BroadcastHook(ModelHook):
-    """Per-module hook: compute, or return what `plan` chose (the cached output or its forecast) for this CFG pass."""
+    """Per-module hook: compute, or return what `plan` chose (the cached output or its forecast) for this CFG pass.
 
-    _is_stateful = True
+    Not "stateful" for diffusers: the root hook resets it, so that `cache_context`, which visits every stateful hook
+    twice per forward, does not walk these.
+    """
+
+    _is_stateful = False
 
     def __init__(self, state: GenerationState, name: str, kind: str, block: int) -> None:
         super().__init__()
@@ -252,9 +258,6 @@ class BroadcastHook(ModelHook):
         ps = self.passes.get(self.state.branch) if self.generation == self.state.generation else None
         return ps.comm_log if ps is not None else []
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.passes.clear()  # frees the cached activations between generations
-        return module
 
 
 class PABHandle:

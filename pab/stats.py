@@ -7,10 +7,9 @@ later broadcast its last collectives are booked as skipped. Both numbers feed th
 
 from __future__ import annotations
 
-import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 STAT_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross", "mlp")
 OTHER_KIND = "other"
@@ -142,14 +141,22 @@ class _Scope:
 _SCOPE: ContextVar[_Scope | None] = ContextVar("pab_comm_scope", default=None)
 
 
-@contextlib.contextmanager
-def comm_scope(stats: PABStats, kind: str, log: list[tuple[str, int]] | None = None) -> Iterator[None]:
-    """Book collectives issued inside the block under `kind`, and append them to `log` when given."""
-    token = _SCOPE.set(_Scope(stats, kind, log))
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+class comm_scope:  # noqa: N801 - used as a context manager, like contextlib's
+    """Book collectives issued inside the block under `kind`, and append them to `log` when given.
+
+    A class rather than a generator context manager: it wraps every computed module call, so it is kept cheap.
+    """
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, stats: PABStats, kind: str, log: list[tuple[str, int]] | None = None) -> None:
+        self._scope = _Scope(stats, kind, log)
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self._scope)
+
+    def __exit__(self, *exc: Any) -> None:
+        _SCOPE.reset(self._token)
 
 
 def record_collective(op: str, nbytes: int) -> None:
