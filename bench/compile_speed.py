@@ -27,16 +27,21 @@ from frontier import Variant, interleave, speedups  # bench/frontier.py
 from pab import apply_pab, get_preset
 
 HERE = Path(__file__).parent
-# name -> (preset or None for the bare model, how to compile: None eager, "pab" PABHandle.compile, "naive" whole model)
-VARIANTS: dict[str, tuple[str | None, str | None]] = {
-    "eager none": (None, None),
-    "eager PAB-246": ("PAB-246", None),
-    "eager step3f": ("step3f", None),
-    "compiled plain (one graph, no hooks)": (None, "plain"),
-    "compiled none": ("none", "pab"),
-    "compiled PAB-246": ("PAB-246", "pab"),
-    "compiled step3f": ("step3f", "pab"),
-    "naive compile, PAB-246 hooks inside": ("PAB-246", "naive"),
+CPP = {"cpp_wrapper": True}
+# name -> (preset or None for the bare model, how to compile: None eager, "pab" PABHandle.compile, "naive" whole
+# model, "plain" the bare model; inductor options)
+VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None]] = {
+    "eager none": (None, None, None),
+    "eager PAB-246": ("PAB-246", None, None),
+    "eager step3f": ("step3f", None, None),
+    "compiled plain (one graph, no hooks)": (None, "plain", None),
+    "compiled none": ("none", "pab", None),
+    "compiled PAB-246": ("PAB-246", "pab", None),
+    "compiled step3f": ("step3f", "pab", None),
+    "compiled none, cpp_wrapper": ("none", "pab", CPP),
+    "compiled PAB-246, cpp_wrapper": ("PAB-246", "pab", CPP),
+    "compiled step3f, cpp_wrapper": ("step3f", "pab", CPP),
+    "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None),
 }
 
 
@@ -44,22 +49,23 @@ def _graphs() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
-def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None) -> None:
+def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None, options: dict | None) -> None:
     """Hook and/or compile one copy of the transformer as the variant says."""
     handle = apply_pab(transformer, get_preset(preset, model="latte")) if preset else None
+    extra = {"options": options} if options else {}
     if how == "pab":
-        handle.compile(fullgraph=True)
+        handle.compile(fullgraph=True, **extra)
     elif how in ("plain", "naive"):
-        transformer.compile()
+        transformer.compile(**extra)
 
 
 def build_variants(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]], items: list[Any]
                    ) -> tuple[list[Variant], dict[str, Callable[[Any], float]], dict[str, dict[str, Any]]]:
     """One copy per variant, warmed up one after the other so each one's graphs and compile time are its own."""
     variants, runners, warm = [], {}, {}
-    for name, (preset, how) in VARIANTS.items():
+    for name, (preset, how, options) in VARIANTS.items():
         transformer, run = make_runner()
-        prepare(transformer, preset, how)
+        prepare(transformer, preset, how, options)
         graphs0, breaks0 = _graphs()
         first = sum(run(item) for item in items)
         steady = sum(run(item) for item in items)
@@ -121,10 +127,12 @@ def report(times: dict[str, list[float]], warm: dict[str, dict[str, Any]]) -> st
         lines.append(f"| {name} | {med:.2f}x [{lo:.2f}..{hi:.2f}] | {w['warm_up_s']:.1f} | {w['graphs']} | "
                      f"{w['graph_breaks']} | {w['recompiles_after_warm_up']} |")
     eager = speed["eager PAB-246"][0]
-    within = speedups(times, "compiled none")["compiled PAB-246"][0]
-    lines += ["", f"PAB-246 speedup compiled / eager: {within:.3f} / {eager:.3f} = {within / eager:.3f} "
-                  f"(target >= 0.95)",
-              f"compiled PAB-246 vs eager none: {speed['compiled PAB-246'][0]:.2f}x (target >= 2)"]
+    lines.append("")
+    for suffix in ("", ", cpp_wrapper"):
+        within = speedups(times, f"compiled none{suffix}")[f"compiled PAB-246{suffix}"][0]
+        lines += [f"PAB-246 speedup compiled{suffix} / eager: {within:.3f} / {eager:.3f} = {within / eager:.3f} "
+                  f"(target >= 0.95); compiled{suffix} PAB-246 vs eager none: "
+                  f"{speed[f'compiled PAB-246{suffix}'][0]:.2f}x (target >= 2)"]
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,10 @@ def test_compile_config_is_validated_and_refuses_parallel():
     assert CompileConfig.resolve({"backend": "eager", "warm_up": False}).backend == "eager"
     with pytest.raises(CompileConfigError, match="backnd"):
         CompileConfig.resolve({"backnd": "eager"})
+    cfg = CompileConfig.resolve({"options": {"cpp_wrapper": True}})
+    assert cfg.compile_kwargs()["options"] == {"cpp_wrapper": True} and "options" not in CompileConfig().compile_kwargs()
+    with pytest.raises(CompileConfigError, match="mode or options"):
+        CompileConfig(mode="max-autotune-no-cudagraphs", options={"cpp_wrapper": True})
     with pytest.raises(CompileConfigError, match="bool or a mapping"):
         CompileConfig.resolve("inductor")
     with pytest.raises(CompileConfigError, match="sp_degree=1"):

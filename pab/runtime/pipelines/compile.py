@@ -19,8 +19,9 @@ from typing import Any, Mapping
 import torch
 
 RECOMPILE_LIMIT = 64
-"""Graphs dynamo may keep per compiled function (its default, 8, is below what some PAB settings use, and past it
-dynamo silently runs eager). Raised process-wide to at least this when compiling."""
+"""Graphs dynamo may keep per code object - the transformer class's forward, shared by every compiled instance of it
+in the process. Its default, 8, is below what some PAB settings use, and past it dynamo runs eager (or, with
+fullgraph, fails). Raised process-wide to at least this when compiling."""
 
 WARM_UP_PROMPT = "a cat walking on the beach"
 
@@ -39,6 +40,9 @@ class CompileConfig:
         mode (`str`, *optional*): `torch.compile` mode, e.g. "max-autotune-no-cudagraphs".
         fullgraph (`bool`, defaults to True): Refuse graph breaks: one would mean a decision leaked into the region.
         dynamic (`bool`, *optional*): `torch.compile`'s `dynamic` (None: recompile once for a new size, then dynamic).
+        options (`dict`, *optional*): Inductor options, e.g. `{"cpp_wrapper": True}` (a C++ instead of a Python
+            wrapper around the kernels: on the tiny CPU models it cuts the per-forward overhead by about a tenth, for
+            about twice the compile time; BENCHMARKS.md). Not together with `mode`.
         warm_up (`bool`, defaults to True): Generate once at the model's defaults while compiling, so that the
             first request with the default PAB setting does not pay the compile.
     """
@@ -47,7 +51,16 @@ class CompileConfig:
     mode: str | None = None
     fullgraph: bool = True
     dynamic: bool | None = None
+    options: dict[str, Any] | None = None
     warm_up: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.options:
+            raise CompileConfigError("compile: give mode or options, not both (torch.compile takes one of them)")
+
+    def compile_kwargs(self) -> dict[str, Any]:
+        kwargs = {"backend": self.backend, "mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
+        return {**kwargs, "options": dict(self.options)} if self.options else kwargs
 
     @classmethod
     def resolve(cls, value: "bool | Mapping[str, Any] | CompileConfig | None") -> "CompileConfig | None":
@@ -94,7 +107,8 @@ class CompileReport:
         return _graph_counts()[1] - self._baseline[1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "mode": self.config.mode, "graphs": self.graphs,
+        return {"backend": self.config.backend, "mode": self.config.mode, "options": self.config.options,
+                "graphs": self.graphs,
                 "graph_breaks": self.graph_breaks, "warm_up_s": self.warm_up_s}
 
 
@@ -112,12 +126,10 @@ def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | Compile
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     report = CompileReport(config)
-    options = {"backend": config.backend, "mode": config.mode, "fullgraph": config.fullgraph,
-               "dynamic": config.dynamic}
     if generator.pab_handle is not None:
-        generator.pab_handle.compile(**options)
+        generator.pab_handle.compile(**config.compile_kwargs())
     else:
-        generator.pipeline.transformer.compile(**options)
+        generator.pipeline.transformer.compile(**config.compile_kwargs())
     if config.warm_up:
         report.warm_up_s = _warm_up(generator)
     return report
