@@ -10,8 +10,9 @@ from pab.runtime.pipelines import GenerationParams, VideoGenerator
 from pab.runtime.tinyvideo.pipeline import random_tiny_shapes
 from pab.runtime.tools.calibrate import (
     MODES, CalibrationError, broadcast_fraction, calibrate, estimated_cost, forecasting, sampler_timesteps,
-    step_candidates,
+    schedule_error, step_candidates,
 )
+from pab.runtime.tools.profiler import AttentionProfile
 from pab.runtime.tools.cli import main
 
 from .test_calibrate import PROMPT, _u_profile
@@ -55,6 +56,21 @@ def test_forecast_and_step_families_are_built_from_the_profile():
     pyramid = PABConfig(spatial=BroadcastRule(2, (300, 700)), cross=BroadcastRule(6, (100, 900)), name="calibrated(x)")
     (fc,) = forecasting([pyramid])
     assert fc.spatial == BroadcastRule(2, (300, 700), 1) and fc.cross.forecast_order == 1 and fc.temporal is None
+
+
+def test_schedule_error_prefers_skipping_where_outputs_move_least_or_most_linearly():
+    prof = _u_profile()  # U-shaped change, minimum at t=500
+    ts = [1000.0, *prof.timesteps]
+    near_floor = PABConfig(step=BroadcastRule(2, (350, 650)))
+    early = PABConfig(step=BroadcastRule(2, (650, 950)))
+    assert 0 < schedule_error(near_floor, prof, ts) < schedule_error(early, prof, ts)
+    assert schedule_error(PABConfig(), prof, ts) == 0.0
+    steady = AttentionProfile(prof.timesteps, {"a": {"kind": "spatial", "block": 0, "diff": [4.0] * 9}}, 1)
+    reuse, line = PABConfig(step=BroadcastRule(3, (0, 1000))), PABConfig(step=BroadcastRule(3, (0, 1000), 1))
+    # RMS change 2 per step; range 3 skips 2 of every 3 forwards: each pair of skips has moved 2, then 4
+    assert schedule_error(reuse, steady, ts) == pytest.approx(3 * (2 + 4))
+    # a constant change per step is a line: once a forecast has two points (after the first pair) it loses nothing
+    assert schedule_error(line, steady, ts) == pytest.approx(2 + 2)
 
 
 def test_calibrate_searches_every_mode_and_reports_a_frontier(generator):

@@ -18,7 +18,6 @@ frontier (cost against PSNR); the cheapest one over the floor wins.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -114,16 +113,17 @@ def forecasting(configs: list[PABConfig], order: int = 1) -> list[PABConfig]:
 
 
 def step_candidates(profile: AttentionProfile, ranges=STEP_RANGES, orders=(0,)) -> list[PABConfig]:
-    """Step rules over windows that open at the first step of each kind's stable run (the profile's windows at every
-    factor) and close at 0, or keep the kind's lower bound."""
-    windows = set()
-    for cand in candidates(profile, bases=(2,), gaps=(1,)):
-        for kind in ATTENTION_KINDS:
-            rule = cand.rule_for(kind)
-            if rule is not None:
-                windows.update({rule.window, (0.0, rule.window[1])})
-    return [PABConfig(step=BroadcastRule(r, w, o), name=f"calibrated(step{r},o{o},{w[0]:g}-{w[1]:g})")
-            for w in sorted(windows) for r in ranges for o in orders]
+    """Step rules whose window closes at 0 or at the lowest bound of the profile-derived pyramids, and opens between
+    two consecutive profiled steps anywhere above the least stable kind's minimum: early steps change fastest, so
+    where the window opens is what matters most."""
+    windows = {rule.window for cand in candidates(profile, bases=(2,), gaps=(1,))
+               for kind in ATTENTION_KINDS if (rule := cand.rule_for(kind)) is not None}
+    lows = {0.0, min((w[0] for w in windows if w[0] > 0), default=0.0)}
+    floor_t = max(s["min_timestep"] for s in profile.summary().values())
+    ts = sorted(profile.timesteps)
+    highs = [(a + b) / 2 for a, b in zip(ts, ts[1:]) if (a + b) / 2 > floor_t]
+    return [PABConfig(step=BroadcastRule(r, (lo, hi), o), name=f"calibrated(step{r},o{o},{lo:g}-{hi:g})")
+            for lo in sorted(lows) for hi in highs if hi > lo for r in ranges for o in orders]
 
 
 def estimated_cost(config: PABConfig, timesteps: list[float], modules: dict[str, int],
@@ -172,15 +172,45 @@ def _families(profile: AttentionProfile, modes: tuple[str, ...]) -> dict[str, li
     return {m: built[m]() for m in modes}
 
 
-def _ranked(family: list[PABConfig], cost: Any, below: float | None) -> list[tuple[float, PABConfig]]:
-    """Distinct, broadcasting configs of one family, cheapest first (only those cheaper than `below` when given)."""
-    scored: dict[str, tuple[float, PABConfig]] = {}
+def schedule_error(config: PABConfig, profile: AttentionProfile, timesteps: list[float]) -> float:
+    """A proxy of what a schedule loses, from the profile alone: for every call it skips, how far the module's output
+    moved since it last computed - the profiled RMS change per step for a reuse, the change of that change (what a
+    line cannot follow) for a forecast. A skipped forward counts for every module."""
+    rms = {k: [math.sqrt(v) for v in profile.kind_curve(k)] for k in profile.kinds}
+    at = {t: i for i, t in enumerate(profile.timesteps)}
+    counts = {k: sum(1 for v in profile.layers.values() if v["kind"] == k) for k in profile.kinds}
+    drift = {k: [0.0, 0.0] for k in profile.kinds}  # since the kind last computed: [moved, moved off a line]
+    counters = dict.fromkeys(profile.kinds, 0)
+    step, error = config.step, 0.0
+    for forward, t in enumerate(timesteps):
+        i = at.get(t)
+        for k, d in drift.items():
+            if i is not None:
+                d[0] += rms[k][i]
+                d[1] += abs(rms[k][i] - rms[k][i - 1]) if i > 0 else rms[k][i]
+        skip_step = step is not None and forward > 0 and step.broadcasts(forward, t)
+        for k, d in drift.items():
+            rule = step if skip_step else config.rule_for(k)
+            if skip_step or (rule is not None and counters[k] > 0 and rule.broadcasts(counters[k], t)):
+                error += counts[k] * d[min(rule.forecast_order, 1)]
+            else:
+                d[0] = d[1] = 0.0
+            counters[k] += not skip_step
+    return error
+
+
+def _ranked(family: list[PABConfig], cost: Any, error: Any, below: float | None) -> list[tuple[float, PABConfig]]:
+    """One config per cost level of a family, cheapest first (only those cheaper than `below` when given): at equal
+    cost, the one whose skipped calls the profile says change least (`schedule_error`)."""
+    best: dict[float, tuple[float, PABConfig]] = {}
     for cand in family:
-        c = cost(cand)
-        key = json.dumps({k: v for k, v in cand.to_dict().items() if k != "name"}, sort_keys=True)
-        if c < 1.0 and key not in scored and (below is None or c < below - 1e-9):
-            scored[key] = (c, cand)
-    return sorted(scored.values(), key=lambda cc: cc[0])
+        c = round(cost(cand), 9)
+        if c >= 1.0 or (below is not None and c >= below - 1e-9):
+            continue
+        e = error(cand)
+        if c not in best or e < best[c][0]:
+            best[c] = (e, cand)
+    return [(c, cand) for c, (_, cand) in sorted(best.items())]
 
 
 def _search(ranked: dict[str, list[tuple[float, PABConfig]]], measure: Any, floor: float, max_trials: int
@@ -232,9 +262,9 @@ def calibrate(
     """Pick the cheapest candidate (estimated transformer time, `estimated_cost`) whose measured PSNR meets the floor.
 
     The floor defaults to the baseline preset's own PSNR, so a success means: cheaper than the baseline at equal or
-    better PSNR. Each family in `modes` is bisected over its cost-sorted list (PSNR falls as the cost falls,
-    roughly); `max_trials` generation sets at most over all families. For the pyramid family alone the cost order
-    is the broadcast-fraction order. Every measured row goes into the reported frontier.
+    better PSNR. Each family in `modes` is bisected over its cost levels (PSNR falls as the cost falls, roughly),
+    one candidate per level (`_ranked`); `max_trials` generation sets at most over all families. For the pyramid
+    family alone the cost order is the broadcast-fraction order. Every measured row goes into the reported frontier.
     """
     steps = num_inference_steps or generator.defaults["num_inference_steps"]
     params = dict(params, num_inference_steps=steps)
@@ -249,7 +279,8 @@ def calibrate(
     base_row, _ = run_config(generator, pairs, baseline, refs, **params)
     base_cost = cost(generator.resolve_pab(baseline))
     floor = base_row.psnr if psnr_floor is None else psnr_floor
-    ranked = {f: _ranked(fam, cost, base_cost if psnr_floor is None else None)
+    error = lambda c: schedule_error(c, profile, timesteps)  # noqa: E731
+    ranked = {f: _ranked(fam, cost, error, base_cost if psnr_floor is None else None)
               for f, fam in _families(profile, tuple(modes)).items()}
     measured: dict[tuple[str, int], EvalRow] = {}
     trials: list[EvalRow] = []
