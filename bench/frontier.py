@@ -4,7 +4,7 @@ On the shipped tiny-shapes model (default): the held-out captions x seeds, every
 from the same seeds through the same pipeline call; PSNR/SSIM against the full model's video from the same seed and
 the objective colour/shape/direction check. Timing: each round runs every method once over all videos, methods
 interleaved (rotated each round) so machine noise hits all alike; the speedup is the median of per-round ratios to
-the full model of the same round, with their min..max. Compute is counted, not estimated: attention processor calls
+the full model of the same round, with their min..max, in CPU time (one torch thread) and in wall time. Compute is counted, not estimated: attention processor calls
 (computed attention) and transformer forwards that ran, for ours and the peers alike.
 
     python bench/frontier.py                              # tiny-shapes, 8 captions x 2 seeds, 5 rounds
@@ -83,25 +83,33 @@ def peer_variants(transformer: torch.nn.Module, current_timestep: Callable[[], f
     ]
 
 
-def interleave(variants: list[Variant], items: list[Any], run: Callable[[Any], tuple[float, Any]], rounds: int,
-               keep: Callable[[Variant, int, Any], None] | None = None) -> dict[str, list[float]]:
-    """Seconds per (variant, round), summed over `items`. Variants run back to back on each item, in an order that
-    rotates item after item and round after round, so load changes on a shared machine hit every variant alike.
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+"""CPU time of this process (one torch thread: the work done, what other jobs on a shared machine do not inflate
+much) and wall time (what a user waits for on this machine, load included)."""
+
+
+def interleave(variants: list[Variant], items: list[Any], run: Callable[[Any], Any], rounds: int,
+               keep: Callable[[Variant, int, Any], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Seconds per clock, variant and round, summed over `items`. Variants run back to back on each item, in an order
+    that rotates item after item and round after round, so load changes on a shared machine hit every variant alike.
     `keep(variant, round, output)` sees each item's output while the variant is on."""
-    times: dict[str, list[float]] = {v.name: [0.0] * rounds for v in variants}
+    times = {clock: {v.name: [0.0] * rounds for v in variants} for clock in CLOCKS}
     for r in range(rounds):
         for i, item in enumerate(items):
             shift = (r + i) % len(variants)
             for v in variants[shift:] + variants[:shift]:
                 v.enter()
                 try:
-                    seconds, output = run(item)
+                    start = {clock: read() for clock, read in CLOCKS.items()}
+                    output = run(item)
+                    for clock, read in CLOCKS.items():
+                        times[clock][v.name][r] += read() - start[clock]
                     if keep is not None:
                         keep(v, r, output)
                 finally:
                     v.leave()
-                times[v.name][r] += seconds
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {t[r]:.2f}s" for k, t in times.items()), flush=True)
+        print(f"round {r + 1}/{rounds} (cpu s): " + ", ".join(f"{k} {t[r]:.2f}" for k, t in times["cpu"].items()),
+              flush=True)
     return times
 
 
@@ -155,22 +163,21 @@ class _Counting:
         return self.inner(*args, **kwargs)
 
 
-def _tiny_shapes(args: argparse.Namespace) -> tuple[Any, Callable[[Any], tuple[float, Any]], list]:
+def _tiny_shapes(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], list]:
     from pab.runtime.pipelines import load_pipeline
     from pab.runtime.tinyvideo.data import HELD_OUT, caption
 
     pipe = load_pipeline("tiny-shapes")
 
-    def run(pair: tuple[str, int]) -> tuple[float, np.ndarray]:
-        start = time.perf_counter()
+    def run(pair: tuple[str, int]) -> np.ndarray:
         out = pipe(pair[0], generator=torch.Generator().manual_seed(pair[1]), num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, output_type="np")
-        return time.perf_counter() - start, out.frames[0]
+        return out.frames[0]
 
     return pipe.transformer, run, [(caption(*c), s) for c in HELD_OUT for s in args.seeds]
 
 
-def _latte_random(args: argparse.Namespace) -> tuple[Any, Callable[[Any], tuple[float, Any]], list]:
+def _latte_random(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], list]:
     from pab_speed import Loop, build  # bench/pab_speed.py's random Latte and its DDIM loop
 
     for key, value in {"hidden": 384, "heads": 6, "latent": 32, "frames": 8, "text_len": 32, "caption_dim": 128,
@@ -179,9 +186,9 @@ def _latte_random(args: argparse.Namespace) -> tuple[Any, Callable[[Any], tuple[
     model = build(args)
     loop = Loop(model, args)
 
-    def run(_: Any) -> tuple[float, None]:
+    def run(_: Any) -> None:
         with model.cache_context("cfg"):  # TaylorSeer keeps its state per cache context and needs one
-            return loop.run(), None
+            loop.run()
 
     return model, run, [None]
 
@@ -202,18 +209,20 @@ def quality_rows(videos: dict[str, list[np.ndarray]], pairs: list[tuple[str, int
     return out
 
 
-def table(names: list[str], speed: dict[str, tuple[float, float, float]], compute: dict[str, tuple[float, float]],
+def table(names: list[str], times: dict[str, dict[str, list[float]]], compute: dict[str, tuple[float, float]],
           quality: dict[str, dict[str, Any]]) -> str:
-    head = "| method | speedup (median [min..max]) | attention computed | forwards run |"
-    rule = "|---|---|---|---|"
+    head = ("| method | speedup, CPU time (median [min..max]) | speedup, wall | attention computed | "
+            "forwards computing attention |")
+    rule = "|---|---|---|---|---|"
     if quality:
         head += " PSNR dB | SSIM | colour+direction | shape |"
         rule += "---|---|---|---|"
     lines = [head, rule]
+    cpu, wall = speedups(times["cpu"], names[0]), speedups(times["wall"], names[0])
     for name in names:
-        med, lo, hi = speed[name]
         att, fwd = compute.get(name, (float("nan"), float("nan")))
-        line = f"| {name} | {med:.2f}x [{lo:.2f}..{hi:.2f}] | {100 * att:.0f}% | {100 * fwd:.0f}% |"
+        line = (f"| {name} | {cpu[name][0]:.2f}x [{cpu[name][1]:.2f}..{cpu[name][2]:.2f}] | "
+                f"{wall[name][0]:.2f}x [{wall[name][1]:.2f}..{wall[name][2]:.2f}] | {100 * att:.0f}% | {100 * fwd:.0f}% |")
         if quality:
             q = quality[name]
             line += (f" {q['psnr']:.2f} | {q['ssim']:.4f} | {100 * q['accuracy']['accuracy']:.0f}% | "
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--layers", type=int, default=2, help="latte-random: spatial (and temporal) blocks")
     p.add_argument("--ours", nargs="+", default=list(OURS), help="our presets to include")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to include, of {list(PEERS)}")
     p.add_argument("--config", action="append", default=[], help="also run this PABConfig JSON file (e.g. calibrated)")
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.config:
         cfg = PABConfig.from_dict(json.loads(Path(path).read_text()))
         variants.append(our_variant(transformer, cfg.name, cfg))
-    variants += peer_variants(transformer, lambda: current["t"])
+    variants += [v for v in peer_variants(transformer, lambda: current["t"]) if v.name in args.peers]
     run(items[0])  # warm-up
     videos: dict[str, list[Any]] = {v.name: [] for v in variants}
     stats: dict[str, dict[str, Any]] = {}
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     times = interleave(variants, items, run, args.rounds, keep)
     names = [v.name for v in variants]
     quality = quality_rows(videos, items) if args.model == "tiny-shapes" else {}
-    text = table(names, speedups(times, "full"), {k: tuple(v) for k, v in compute.items()}, quality)
+    text = table(names, times, {k: tuple(v) for k, v in compute.items()}, quality)
     _write(args, argv, text, times, compute, quality, stats, time.time() - t0)
     return 0
 
@@ -279,7 +289,8 @@ def _write(args, argv, text, times, compute, quality, stats, wall_s) -> None:
     command = f"python bench/frontier.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
     header = (f"Command: `{command}` ({platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
               f"{args.rounds} interleaved rounds, {wall_s:.0f} s wall; the 2-core machine was shared with other "
-              f"jobs, so absolute times move - the ratios are measured within each round).\n\n")
+              f"jobs, so absolute times move - the ratios are measured within each round, CPU time is the steadier "
+              f"clock).\n\n")
     (out / f"{stem}.md").write_text(header + text)
     (out / f"{stem}.json").write_text(json.dumps({"command": command, "times": times, "compute": compute,
                                                   "quality": quality, "stats": stats}, indent=1, default=str) + "\n")

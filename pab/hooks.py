@@ -4,6 +4,10 @@ One root hook on the transformer reads the timestep from the transformer's own f
 (the pipeline's `cache_context`, e.g. "cond"/"uncond"), and notices when a new generation starts. One broadcast hook
 per classified module then applies the paper's rule per pass: each pass has its own counter and cache, so a two-pass
 CFG model never reuses the conditional output for the unconditional pass.
+
+The root hook makes every decision of a forward before it runs - the step rule (`pab.step_cache`) may skip the
+whole forward; otherwise each module is told to compute, reuse its output or forecast it (`pab.forecast`) - so the
+forward itself holds no bookkeeping and can be compiled (`PABHandle.compile`) without graph breaks.
 """
 
 from __future__ import annotations

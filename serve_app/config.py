@@ -134,9 +134,10 @@ class AppConfig(BaseModel):
     compile: bool | dict[str, Any] = Field(
         False,
         description="torch.compile each worker's transformer with PAB's decisions outside the compiled region: true, "
-        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, mode, warm_up...). Off by default: on the "
-        "2-core CPU the warm-up (~10 s a graph, 5 graphs for PAB-246) delays a replica start far past its 20 s target "
-        "for 2x faster tiny generations (BENCHMARKS.md); sequence/CFG parallel cannot be compiled yet.",
+        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, options, warm_up...). Off by default: on "
+        "the 2-core CPU a cold warm-up takes ~50 s (~30 s for the first graph, ~20 s for PAB-246's 5) against a 20 s "
+        "replica-start target, for tiny-shapes generations ~1.5x faster than eager PAB-246 (BENCHMARKS.md); "
+        "sequence/CFG parallel cannot be compiled yet.",
     )
     defaults: dict[str, Any] = Field(default_factory=dict)
 

@@ -172,13 +172,17 @@ def _families(profile: AttentionProfile, modes: tuple[str, ...]) -> dict[str, li
     return {m: built[m]() for m in modes}
 
 
+def _module_counts(profile: AttentionProfile) -> dict[str, int]:
+    return {k: sum(1 for v in profile.layers.values() if v["kind"] == k) for k in profile.kinds}
+
+
 def schedule_error(config: PABConfig, profile: AttentionProfile, timesteps: list[float]) -> float:
     """A proxy of what a schedule loses, from the profile alone: for every call it skips, how far the module's output
     moved since it last computed - the profiled RMS change per step for a reuse, the change of that change (what a
     line cannot follow) for a forecast. A skipped forward counts for every module."""
     rms = {k: [math.sqrt(v) for v in profile.kind_curve(k)] for k in profile.kinds}
     at = {t: i for i, t in enumerate(profile.timesteps)}
-    counts = {k: sum(1 for v in profile.layers.values() if v["kind"] == k) for k in profile.kinds}
+    counts = _module_counts(profile)
     drift = {k: [0.0, 0.0] for k in profile.kinds}  # since the kind last computed: [moved, moved off a line]
     counters = dict.fromkeys(profile.kinds, 0)
     step, error = config.step, 0.0
@@ -216,8 +220,8 @@ def _ranked(family: list[PABConfig], cost: Any, error: Any, below: float | None)
 def _search(ranked: dict[str, list[tuple[float, PABConfig]]], measure: Any, floor: float, max_trials: int
             ) -> tuple[tuple[str, int] | None, int, bool]:
     """Bisect every family for its cheapest candidate meeting the floor (PSNR rises with cost, roughly), one step
-    per family in turn, `max_trials` measurements in all. Returns (family, index) of the cheapest pass, the trials
-    used and whether every bisection finished."""
+    per family in turn, `max_trials` measurements in all. Returns (family, index) of the cheapest pass (at equal
+    cost the one with the higher PSNR), the trials used and whether every bisection finished."""
     bounds = {f: [0, len(r) - 1, None] for f, r in ranked.items() if r}
     used = 0
     while used < max_trials and any(lo <= hi for lo, hi, _ in bounds.values()):
@@ -230,9 +234,9 @@ def _search(ranked: dict[str, list[tuple[float, PABConfig]]], measure: Any, floo
                 b[2], b[1] = mid, mid - 1
             else:
                 b[0] = mid + 1
-    passing = [(ranked[f][b[2]][0], (f, b[2])) for f, b in bounds.items() if b[2] is not None]
+    passing = [(ranked[f][b[2]][0], -measure(f, b[2]).psnr, (f, b[2])) for f, b in bounds.items() if b[2] is not None]
     finished = all(lo > hi for lo, hi, _ in bounds.values())
-    return (min(passing)[1] if passing else None), used, finished
+    return (min(passing)[2] if passing else None), used, finished  # the cheapest; at equal cost the best
 
 
 def frontier_rows(rows: list[tuple[float, EvalRow]]) -> list[dict[str, Any]]:
@@ -269,9 +273,7 @@ def calibrate(
     steps = num_inference_steps or generator.defaults["num_inference_steps"]
     params = dict(params, num_inference_steps=steps)
     timesteps = sampler_timesteps(generator, steps)
-    modules: dict[str, int] = {}
-    for layer in profile.layers.values():
-        modules[layer["kind"]] = modules.get(layer["kind"], 0) + 1
+    modules = _module_counts(profile)
     cost = lambda c: estimated_cost(c, timesteps, modules, attention_share)  # noqa: E731
     pairs = [(p, s) for p in prompts for s in seeds]
     full, refs = run_config(generator, pairs, "none", **params)
@@ -294,21 +296,26 @@ def calibrate(
     best, used, finished = _search(ranked, measure, floor, max_trials)
     rows = [(1.0, full), (base_cost, base_row), *((ranked[f][i][0], r) for (f, i), r in measured.items())]
     result = CalibrationResult(None, None, base_row, full, floor, trials, frontier=frontier_rows(rows))
-    total = sum(len(r) for r in ranked.values())
     if best is None:
         searched = "every bisection step" if finished else f"only {used} trials (--max-trials)"
-        result.verdict = (f"no candidate reached PSNR {floor:.2f} dB; measured {searched} over {total} candidates "
-                          f"({', '.join(ranked)}) cheaper than {baseline} (estimated cost {base_cost:.3f})")
+        result.verdict = (f"no candidate reached PSNR {floor:.2f} dB; measured {searched} over "
+                          f"{sum(len(r) for r in ranked.values())} candidates ({', '.join(ranked)}) cheaper than "
+                          f"{baseline} (estimated cost {base_cost:.3f})")
         result.verdict += (f": on this model {baseline} is at the quality/speed frontier of these families"
                            if finished else "; raise --max-trials or lower --psnr-floor")
         return result
-    result.chosen, result.config = measured[best], ranked[best[0]][best[1]][1].replace(name="calibrated")
+    chosen_cost, config = ranked[best[0]][best[1]]
+    result.chosen, result.config = measured[best], config.replace(name="calibrated")
     result.chosen.name = "calibrated"
-    chosen_cost = ranked[best[0]][best[1]][0]
-    result.verdict = (f"calibrated ({best[0]}): estimated cost {chosen_cost:.3f} of the full model vs {baseline} "
-                      f"{base_cost:.3f}, {100 * result.chosen.broadcast:.1f}% of attention broadcast vs "
-                      f"{100 * base_row.broadcast:.1f}%, at PSNR {result.chosen.psnr:.2f} dB vs {base_row.psnr:.2f} dB "
-                      f"(floor {floor:.2f})")
-    if not math.isfinite(result.chosen.psnr) or chosen_cost >= base_cost:
-        result.verdict += f"; it is not cheaper than {baseline}"
+    result.verdict = _verdict(best[0], chosen_cost, result.chosen, baseline, base_cost, base_row, floor)
     return result
+
+
+def _verdict(family: str, cost: float, row: EvalRow, baseline: str, base_cost: float, base_row: EvalRow,
+             floor: float) -> str:
+    verdict = (f"calibrated ({family}): estimated cost {cost:.3f} of the full model vs {baseline} {base_cost:.3f}, "
+               f"{100 * row.broadcast:.1f}% of attention broadcast vs {100 * base_row.broadcast:.1f}%, at PSNR "
+               f"{row.psnr:.2f} dB vs {base_row.psnr:.2f} dB (floor {floor:.2f})")
+    if not math.isfinite(row.psnr) or cost >= base_cost:
+        verdict += f"; it is not cheaper than {baseline}"
+    return verdict
