@@ -160,7 +160,7 @@ class GenerationWorker:
             sp_degree=cfg.sp_degree, cfg_degree=cfg.cfg_degree, timeout_s=cfg.collective_timeout_s
         )
         self._generator = VideoGenerator(pipeline, pab=cfg.pab_preset, defaults=cfg.defaults, parallel=parallel,
-                                         batch_invariant=True)
+                                         batch_invariant=True, compile=cfg.compile)
         if device == "cpu" and cfg.cpu_generation_niceness:
             _lower_priority(cfg.cpu_generation_niceness)
         return ModelCard.from_generator(cfg.model_name, self._generator).model_dump(mode="json")

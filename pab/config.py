@@ -13,6 +13,10 @@ TIMESTEP_SCALE = 1000.0
 """Diffusion timesteps (and therefore windows) are on a 0..1000 scale, as in the paper."""
 
 
+MAX_FORECAST_ORDER = 2
+"""Highest extrapolation order a rule may ask for (`pab.forecast` fits a polynomial through order + 1 outputs)."""
+
+
 class PABConfigError(ValueError):
     """A PAB setting is out of its allowed range; the message names the field and the limit."""
 
@@ -20,6 +24,14 @@ class PABConfigError(ValueError):
 def _check_range(field_name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PABConfigError(f"{field_name} must be an integer >= 1 (1 = always compute), got {value!r}")
+    return value
+
+
+def _check_order(field_name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FORECAST_ORDER:
+        raise PABConfigError(
+            f"{field_name} must be 0 (reuse), 1 (linear) or 2 (quadratic forecast), got {value!r}"
+        )
     return value
 
 
@@ -38,22 +50,28 @@ def _check_window(field_name: str, value: Any) -> tuple[float, float]:
 @dataclass(frozen=True)
 class BroadcastRule:
     r"""
-    When one attention kind reuses its cached output.
+    When one attention kind (or, as `PABConfig.step`, the whole transformer) skips its computation.
 
     Args:
         range (`int`):
-            Compute once, then reuse the output `range - 1` times. 1 means always compute.
+            Compute once, then broadcast `range - 1` times. 1 means always compute.
         window (`tuple[float, float]`):
             Broadcast only while `window[0] < timestep < window[1]` (0..1000 scale, both bounds exclusive); outside it
             the module always computes.
+        forecast_order (`int`, defaults to 0):
+            What a broadcast returns: 0 the last computed output as it is (the paper); 1 or 2 a linear or quadratic
+            extrapolation, in timestep units, through the last 2 or 3 computed outputs of the same module and CFG
+            pass (`pab.forecast`). The schedule is the same for every order.
     """
 
     range: int = 2
     window: tuple[float, float] = (100.0, 800.0)
+    forecast_order: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "range", _check_range("range", self.range))
         object.__setattr__(self, "window", _check_window("window", self.window))
+        object.__setattr__(self, "forecast_order", _check_order("forecast_order", self.forecast_order))
 
     def in_window(self, timestep: float) -> bool:
         return self.window[0] < timestep < self.window[1]
@@ -114,6 +132,10 @@ class PABConfig:
             Optional MLP output reuse.
         name (`str`):
             A label for logs and metrics, e.g. the preset name.
+        step (`BroadcastRule`, *optional*):
+            Step-level broadcast: on the forwards it selects (counted per CFG pass, as for a module) the whole
+            transformer output is reused or forecast and nothing inside runs. The per-kind rules apply on the
+            forwards that do run.
 
     A kind whose rule is `None` always computes (its calls are still counted).
     """
@@ -123,9 +145,10 @@ class PABConfig:
     cross: BroadcastRule | None = None
     mlp: MLPBroadcastRule | None = None
     name: str = "custom"
+    step: BroadcastRule | None = None
 
     def __post_init__(self) -> None:
-        for kind in ATTENTION_KINDS:
+        for kind in (*ATTENTION_KINDS, "step"):
             rule = getattr(self, kind)
             if rule is not None and not isinstance(rule, BroadcastRule):
                 raise PABConfigError(f"{kind} must be a BroadcastRule or None, got {type(rule).__name__}")
@@ -139,7 +162,7 @@ class PABConfig:
 
     @property
     def enabled(self) -> bool:
-        rules = [getattr(self, k) for k in ATTENTION_KINDS]
+        rules = [getattr(self, k) for k in (*ATTENTION_KINDS, "step")]
         return any(r is not None and r.range > 1 for r in rules) or (
             self.mlp is not None and self.mlp.range > 1 and bool(self.mlp.blocks) and bool(self.mlp.timesteps)
         )
@@ -150,13 +173,13 @@ class PABConfig:
         return getattr(self, kind)
 
     def replace(self, **changes: Any) -> "PABConfig":
-        data = {k: getattr(self, k) for k in (*ATTENTION_KINDS, "mlp", "name")}
+        data = {k: getattr(self, k) for k in (*ATTENTION_KINDS, "mlp", "name", "step")}
         data.update(changes)
         return PABConfig(**data)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
-        for kind in (*ATTENTION_KINDS, "mlp"):
+        for kind in (*ATTENTION_KINDS, "mlp", "step"):
             rule = getattr(self, kind)
             out[kind] = None if rule is None else {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(rule).items()}
         return out
@@ -166,13 +189,13 @@ class PABConfig:
         """Build from `to_dict()` output or user JSON; unknown keys are rejected so typos do not pass silently."""
         if not isinstance(data, Mapping):
             raise PABConfigError(f"a PAB config must be a mapping, got {type(data).__name__}")
-        allowed = {*ATTENTION_KINDS, "mlp", "name"}
+        allowed = {*ATTENTION_KINDS, "mlp", "name", "step"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise PABConfigError(f"unknown PAB config field(s) {unknown}; allowed: {sorted(allowed)}")
         kwargs: dict[str, Any] = {"name": str(data.get("name", "custom"))}
-        for kind in ATTENTION_KINDS:
-            kwargs[kind] = _rule_from(kind, data.get(kind), BroadcastRule, {"range", "window"})
+        for kind in (*ATTENTION_KINDS, "step"):
+            kwargs[kind] = _rule_from(kind, data.get(kind), BroadcastRule, {"range", "window", "forecast_order"})
         kwargs["mlp"] = _rule_from("mlp", data.get("mlp"), MLPBroadcastRule, {"blocks", "timesteps", "range"})
         return cls(**kwargs)
 

@@ -4,13 +4,17 @@ One root hook on the transformer reads the timestep from the transformer's own f
 (the pipeline's `cache_context`, e.g. "cond"/"uncond"), and notices when a new generation starts. One broadcast hook
 per classified module then applies the paper's rule per pass: each pass has its own counter and cache, so a two-pass
 CFG model never reuses the conditional output for the unconditional pass.
+
+The root hook makes every decision of a forward before it runs - the step rule (`pab.step_cache`) may skip the
+whole forward; otherwise each module is told to compute, reuse its output or forecast it (`pab.forecast`) - so the
+forward itself holds no bookkeeping and can be compiled (`PABHandle.compile`) without graph breaks.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -18,7 +22,9 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from .adapters import MLP_KIND, ModelAdapter, adapter_for
 from .config import PABConfig, PABConfigError
+from .forecast import ForecastHistory
 from .stats import OTHER_KIND, PABStats, comm_scope
+from .step_cache import StepCache
 
 ROOT_HOOK = "pab_timestep"
 BROADCAST_HOOK = "pab_broadcast"
@@ -78,7 +84,13 @@ class GenerationState:
 
 
 class TimestepHook(ModelHook):
-    """Root hook: reads the timestep and CFG pass, and scopes collectives issued outside classified modules."""
+    """Root hook: reads the timestep and CFG pass, decides every broadcast of this forward, runs it (compiled or not).
+
+    All bookkeeping happens here, in eager Python, before and after the transformer's own forward: the step rule may
+    answer the forward from its cache; otherwise each broadcast hook is told whether it computes or what it returns
+    (`plan`), the forward runs, and the outputs it computed are kept (`commit`). Inside the forward a broadcast hook
+    only reads that decision, so a compiled forward has no graph break and is specialised on the decisions alone.
+    """
 
     _is_stateful = True
 
@@ -87,43 +99,72 @@ class TimestepHook(ModelHook):
         self.state = state
         self.timestep_position = timestep_position
         self.context = StateManager(_ContextOnly)  # diffusers' cache_context() sets names on StateManager attributes
+        self.broadcast_hooks: list[BroadcastHook] = []
+        self.steps = StepCache()
+        self.compiled_forward: Callable[..., Any] | None = None
 
     def _read_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        context = self.context._context
+        if context is not None and isinstance(context.timestep, (int, float)):
+            return float(context.timestep)  # the pipeline said it as a number: no device read
         value = kwargs.get("timestep")
         if value is None and self.timestep_position is not None and len(args) > self.timestep_position:
             value = args[self.timestep_position]
         if value is None:
             raise PABApplyError("PAB needs the diffusion timestep, but the transformer was called without `timestep`")
-        if isinstance(value, torch.Tensor):
-            return float(value.detach().float().max())
+        if isinstance(value, torch.Tensor):  # one read per forward, eager: the compiled region never sees it
+            return float(value.item() if value.numel() == 1 else value.max())
         return float(value)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
         context = self.context._context
-        self.state.begin_forward(self._read_timestep(args, kwargs), context.name if context else None)
-        with comm_scope(self.state.stats, OTHER_KIND):
-            return self.fn_ref.original_forward(*args, **kwargs)
+        timestep = self._read_timestep(args, kwargs)
+        state.begin_forward(timestep, context.name if context else None)
+        step_rule = state.config.step
+        cached = self.steps.lookup(step_rule, state.generation, state.branch, timestep, state.stats,
+                                   self.broadcast_hooks)
+        if cached is not None:
+            return cached
+        for hook in self.broadcast_hooks:
+            hook.plan(timestep)
+        log: list[tuple[str, int]] = []
+        try:
+            with comm_scope(state.stats, OTHER_KIND, log):
+                output = (self.compiled_forward or self.fn_ref.original_forward)(*args, **kwargs)
+        finally:
+            for hook in self.broadcast_hooks:
+                hook.commit(timestep)
+        self.steps.record(step_rule, state.branch, timestep, output, log)
+        return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Pipelines reset stateful hooks when a call ends: keep the finished generation's stats readable until the
-        # next generation starts, but start that one from scratch.
+        # next generation starts, but start that one from scratch, and free the cached activations now.
         self.state.pending_reset = True
+        self.steps.reset()
+        for hook in self.broadcast_hooks:
+            hook.passes.clear()
         return module
 
 
 @dataclass
 class _PassState:
     counter: int = 0
-    cache: Any = None
+    history: ForecastHistory | None = None  # None: the rule never broadcasts, nothing is kept
     comm_log: list[tuple[str, int]] = field(default_factory=list)
     last_timestep: float | None = None
     reuse_left: int = 0
 
 
 class BroadcastHook(ModelHook):
-    """Per-module hook: compute, or return the output cached by this module in this CFG pass."""
+    """Per-module hook: compute, or return what `plan` chose (the cached output or its forecast) for this CFG pass.
 
-    _is_stateful = True
+    Not "stateful" for diffusers: the root hook resets it, so that `cache_context`, which visits every stateful hook
+    twice per forward, does not walk these.
+    """
+
+    _is_stateful = False
 
     def __init__(self, state: GenerationState, name: str, kind: str, block: int) -> None:
         super().__init__()
@@ -133,75 +174,127 @@ class BroadcastHook(ModelHook):
         self.block = block
         self.passes: dict[str, _PassState] = {}
         self.generation = -1
+        self.reuse: Any = None  # set by plan(): returned instead of computing
+        self.fresh: Any = None  # set by new_forward(): the output computed in this forward
+        self._computing: _PassState | None = None
+        self._log: list[tuple[str, int]] = []
 
     def _pass_state(self) -> _PassState:
         if self.generation != self.state.generation:
             self.passes.clear()
             self.generation = self.state.generation
-        return self.passes.setdefault(self.state.branch, _PassState())
+        ps = self.passes.get(self.state.branch)
+        if ps is None:
+            keep = self._history_length()
+            ps = self.passes[self.state.branch] = _PassState(history=ForecastHistory(keep) if keep else None)
+        return ps
+
+    def _history_length(self) -> int:
+        """Outputs to keep per pass: forecast order + 1 for a broadcasting rule, none when the module never reuses."""
+        config = self.state.config
+        if self.kind == MLP_KIND:
+            return int(config.mlp is not None and config.mlp.range > 1 and self.block in config.mlp.blocks)
+        rule = config.rule_for(self.kind)
+        return rule.forecast_order + 1 if rule is not None and rule.range > 1 else 0
 
     def _should_broadcast(self, ps: _PassState, timestep: float) -> bool:
-        config = self.state.config
-        if self.kind == MLP_KIND:
-            rule = config.mlp
-            if rule is None or rule.range < 2 or self.block not in rule.blocks:
-                return False
-            previous = float("inf") if ps.last_timestep is None else ps.last_timestep
-            if any(previous > anchor >= timestep for anchor in rule.timesteps):
-                ps.reuse_left = rule.range - 1  # this step computes the output the next steps reuse
-                return False
-            if ps.reuse_left > 0 and ps.cache is not None:
-                ps.reuse_left -= 1
-                return True
+        if ps.history is None:
             return False
-        rule = config.rule_for(self.kind)
-        return rule is not None and ps.cache is not None and rule.broadcasts(ps.counter, timestep)
+        if self.kind != MLP_KIND:
+            return len(ps.history) > 0 and self.state.config.rule_for(self.kind).broadcasts(ps.counter, timestep)
+        rule = self.state.config.mlp
+        previous = float("inf") if ps.last_timestep is None else ps.last_timestep
+        if any(previous > anchor >= timestep for anchor in rule.timesteps):
+            ps.reuse_left = rule.range - 1  # this step computes the output the next steps reuse
+            return False
+        if ps.reuse_left > 0 and len(ps.history):
+            ps.reuse_left -= 1
+            return True
+        return False
 
-    def _keeps_cache(self) -> bool:
-        config = self.state.config
-        if self.kind == MLP_KIND:
-            return config.mlp is not None and config.mlp.range > 1 and self.block in config.mlp.blocks
-        rule = config.rule_for(self.kind)
-        return rule is not None and rule.range > 1
+    def _forecast_order(self) -> int:
+        return 0 if self.kind == MLP_KIND else self.state.config.rule_for(self.kind).forecast_order
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def plan(self, timestep: float) -> None:
+        """Decide this forward's call (eager, before the forward runs) and book it."""
         ps = self._pass_state()
-        timestep = self.state.timestep
         stats = self.state.stats
         counts = stats.kinds[self.kind]
         counts.calls += 1
+        self.fresh, self._computing = None, None
         if self._should_broadcast(ps, timestep):
+            order = self._forecast_order()
             counts.broadcast += 1
+            counts.forecast += int(order > 0 and len(ps.history) > 1)
             for op, nbytes in ps.comm_log:
                 stats.book_skipped(self.kind, op, nbytes)
-            output = ps.cache
+            self.reuse = ps.history.predict(timestep, order)
         else:
-            log: list[tuple[str, int]] = []
-            with comm_scope(stats, self.kind, log):
-                output = self.fn_ref.original_forward(*args, **kwargs)
             counts.computed += 1
-            ps.comm_log = log
-            if self._keeps_cache():
-                ps.cache = output
+            self.reuse, self._computing, self._log = None, ps, []
         ps.counter += 1
         ps.last_timestep = timestep
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        reuse = self.reuse
+        if reuse is not None:
+            return reuse
+        if torch.compiler.is_compiling():  # collectives are not counted inside a compiled forward (no parallel there)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        else:
+            with comm_scope(self.state.stats, self.kind, self._log):
+                output = self.fn_ref.original_forward(*args, **kwargs)
+        self.fresh = output
         return output
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.passes.clear()  # frees the cached activations between generations
-        return module
+    def commit(self, timestep: float) -> None:
+        """After the forward: keep what this module computed (eager), and forget this forward's decision."""
+        ps, output = self._computing, self.fresh
+        self.reuse = self.fresh = self._computing = None
+        if ps is None or output is None:
+            return
+        ps.comm_log = self._log
+        if ps.history is not None:
+            ps.history.push(timestep, output)
+
+    def skipped_collectives(self) -> list[tuple[str, int]]:
+        """The collectives this module's last computation in the current pass issued (what skipping it saves)."""
+        ps = self.passes.get(self.state.branch) if self.generation == self.state.generation else None
+        return ps.comm_log if ps is not None else []
+
 
 
 class PABHandle:
     """What `apply_pab` returns: the live stats, and the way to reconfigure, reset or remove PAB."""
 
     def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, state: GenerationState,
-                 modules: dict[str, tuple[str, int]]) -> None:
+                 modules: dict[str, tuple[str, int]], root: TimestepHook) -> None:
         self.transformer = transformer
         self.adapter = adapter
         self._state = state
         self.modules = modules
+        self._root = root
         self._removed = False
+
+    @property
+    def compiled(self) -> bool:
+        return self._root.compiled_forward is not None
+
+    def compile(self, **options: Any) -> None:
+        """
+        `torch.compile` the transformer's forward under PAB, with PAB's decisions outside the compiled region.
+
+        Args:
+            options: passed to `torch.compile` (`backend`, `mode`, `fullgraph`, `dynamic`, ...).
+
+        The decisions for a forward are made before it runs, so the compiled forward holds no graph break; it is
+        specialised on which modules broadcast, one graph per distinct combination. Those combinations repeat with
+        the pyramid's period (PAB-246 on Latte: 5 in any number of steps), so nothing recompiles step after step.
+        """
+        self._root.compiled_forward = torch.compile(self._root.fn_ref.original_forward, **options)
+
+    def uncompile(self) -> None:
+        self._root.compiled_forward = None
 
     @property
     def config(self) -> PABConfig:
@@ -228,6 +321,7 @@ class PABHandle:
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         registry.remove_hook(BROADCAST_HOOK, recurse=True)
         registry.remove_hook(ROOT_HOOK, recurse=False)
+        self.uncompile()
         registry.invalidate_child_registries_cache()
         del self.transformer._pab_handle
         self._removed = True
@@ -265,18 +359,19 @@ def apply_pab(transformer: torch.nn.Module, config: PABConfig, adapter: ModelAda
 
     state = GenerationState(config=config, stats=PABStats(preset=config.name), two_pass_cfg=adapter.two_pass_cfg)
     modules: dict[str, tuple[str, int]] = {}
+    root = TimestepHook(state, position)
     for name, kind, block, module in adapter.iter_modules(transformer):
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(
-            BroadcastHook(state, name, kind, block), BROADCAST_HOOK
-        )
+        hook = BroadcastHook(state, name, kind, block)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, BROADCAST_HOOK)
+        root.broadcast_hooks.append(hook)
         modules[name] = (kind, block)
     if not modules:
         raise PABApplyError(
             f"adapter {adapter.name!r} matched no module of {type(transformer).__name__}; check its patterns"
         )
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(TimestepHook(state, position), ROOT_HOOK)
+    registry.register_hook(root, ROOT_HOOK)
     registry.invalidate_child_registries_cache()
-    handle = PABHandle(transformer, adapter, state, modules)
+    handle = PABHandle(transformer, adapter, state, modules, root)
     transformer._pab_handle = handle
     return handle

@@ -7,10 +7,9 @@ later broadcast its last collectives are booked as skipped. Both numbers feed th
 
 from __future__ import annotations
 
-import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 STAT_KINDS: tuple[str, ...] = ("spatial", "temporal", "cross", "mlp")
 OTHER_KIND = "other"
@@ -19,16 +18,27 @@ OTHER_KIND = "other"
 
 @dataclass
 class KindStats:
+    """Calls of one kind; `broadcast` counts every call that skipped its computation, `forecast` those of them that
+    returned an extrapolation rather than the cached output."""
+
     calls: int = 0
     computed: int = 0
     broadcast: int = 0
+    forecast: int = 0
 
     @property
     def hit_rate(self) -> float:
         return self.broadcast / self.calls if self.calls else 0.0
 
+    def add(self, other: "KindStats") -> None:
+        self.calls += other.calls
+        self.computed += other.computed
+        self.broadcast += other.broadcast
+        self.forecast += other.forecast
+
     def to_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "computed": self.computed, "broadcast": self.broadcast, "hit_rate": self.hit_rate}
+        return {"calls": self.calls, "computed": self.computed, "broadcast": self.broadcast, "hit_rate": self.hit_rate,
+                "forecast": self.forecast}
 
 
 @dataclass
@@ -43,17 +53,24 @@ class CommCounter:
 
 @dataclass
 class PABStats:
-    """Counts for the current (or, between generations, the last) generation."""
+    """Counts for the current (or, between generations, the last) generation.
+
+    `step` counts transformer forwards under the step-level rule: a forward served from the step cache is also
+    booked as a broadcast of every classified module (none of them ran), so per-kind hit rates give the share of
+    attention and MLP work skipped by both levels together.
+    """
 
     preset: str = "custom"
     forwards: int = 0
     kinds: dict[str, KindStats] = field(default_factory=lambda: {k: KindStats() for k in STAT_KINDS})
     issued: dict[tuple[str, str], CommCounter] = field(default_factory=dict)
     skipped: dict[tuple[str, str], CommCounter] = field(default_factory=dict)
+    step: KindStats = field(default_factory=KindStats)
 
     def reset(self) -> None:
         self.forwards = 0
         self.kinds = {k: KindStats() for k in STAT_KINDS}
+        self.step = KindStats()
         self.issued.clear()
         self.skipped.clear()
 
@@ -80,10 +97,7 @@ class PABStats:
         """All attention kinds together (MLP excluded)."""
         total = KindStats()
         for kind in STAT_KINDS[:3]:
-            s = self.kinds[kind]
-            total.calls += s.calls
-            total.computed += s.computed
-            total.broadcast += s.broadcast
+            total.add(self.kinds[kind])
         return total
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +107,7 @@ class PABStats:
             "forwards": self.forwards,
             "kinds": {k: s.to_dict() for k, s in self.kinds.items()},
             "attention": self.attention.to_dict(),
+            "step": self.step.to_dict(),
             "comm": {
                 "issued": _nest(self.issued),
                 "skipped": _nest(self.skipped),
@@ -126,14 +141,22 @@ class _Scope:
 _SCOPE: ContextVar[_Scope | None] = ContextVar("pab_comm_scope", default=None)
 
 
-@contextlib.contextmanager
-def comm_scope(stats: PABStats, kind: str, log: list[tuple[str, int]] | None = None) -> Iterator[None]:
-    """Book collectives issued inside the block under `kind`, and append them to `log` when given."""
-    token = _SCOPE.set(_Scope(stats, kind, log))
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+class comm_scope:  # noqa: N801 - used as a context manager, like contextlib's
+    """Book collectives issued inside the block under `kind`, and append them to `log` when given.
+
+    A class rather than a generator context manager: it wraps every computed module call, so it is kept cheap.
+    """
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, stats: PABStats, kind: str, log: list[tuple[str, int]] | None = None) -> None:
+        self._scope = _Scope(stats, kind, log)
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self._scope)
+
+    def __exit__(self, *exc: Any) -> None:
+        _SCOPE.reset(self._token)
 
 
 def record_collective(op: str, nbytes: int) -> None:

@@ -231,6 +231,14 @@ class AppConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     cpu_generation_niceness: int = Field(4, ge=0, le=19)
     pab_preset: str = "reference"
+    compile: bool | dict[str, Any] = Field(
+        False,
+        description="torch.compile each worker's transformer with PAB's decisions outside the compiled region: true, "
+        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, options, warm_up...). Off by default: on "
+        "the 2-core CPU a cold warm-up takes ~50 s (~30 s for the first graph, ~20 s for PAB-246's 5) against a 20 s "
+        "replica-start target, for tiny-shapes generations ~1.5x faster than eager PAB-246 (BENCHMARKS.md); "
+        "sequence/CFG parallel cannot be compiled yet.",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     num_replicas: int | None = Field(None, ge=1)

@@ -21,6 +21,7 @@ from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
 from pab.stats import PABStats
+from pab.runtime.pipelines.compile import compile_generator
 from pab.runtime.pipelines.loading import call_defaults, fixed_call_kwargs, pipeline_defaults
 from pab.runtime.request.card import ModelCard
 from pab.runtime.request.params import GenerationParams
@@ -116,6 +117,8 @@ class VideoGenerator:
         batch_invariant: compute every sample exactly as it would be computed alone (`batching`), so a video made in
             a batch is byte-identical to the same request alone; the serving workers turn it on. Off, the arithmetic
             is diffusers' own, and a batch may differ from single runs by a rounding level.
+        compile: `torch.compile` the transformer with PAB's decisions outside the compiled region: True, or a
+            mapping of `pab.runtime.pipelines.compile.CompileConfig` fields; the report is `compile_report`.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class VideoGenerator:
         defaults: Mapping[str, Any] | None = None,
         parallel: Any = None,
         batch_invariant: bool = False,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
@@ -149,6 +153,7 @@ class VideoGenerator:
                 decode_per_sample(pipeline.vae)
         self._lock = threading.Lock()
         self._card: ModelCard | None = None
+        self.compile_report = compile_generator(self, compile) if compile else None
 
     @property
     def pab_handle(self) -> PABHandle | None:

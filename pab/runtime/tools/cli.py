@@ -114,7 +114,12 @@ def build_calibrate(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--psnr-floor", type=float, default=None,
                    help="minimum mean PSNR (dB) against the full model (default: the baseline preset's own PSNR)")
     p.add_argument("--baseline", default="PAB-246", help="preset to beat (default: PAB-246)")
-    p.add_argument("--max-trials", type=int, default=8, help="candidate configs to measure at most")
+    p.add_argument("--max-trials", type=int, default=20, help="candidate configs to measure at most (all modes)")
+    p.add_argument("--modes", nargs="+", default=["pyramid", "forecast", "step", "step-forecast"],
+                   help="candidate families: pyramid (reuse), forecast (pyramids extrapolating), step and "
+                        "step-forecast (the whole transformer output reused or extrapolated)")
+    p.add_argument("--attention-share", type=float, default=None,
+                   help="share of a forward spent in attention, for the cost estimate (default 0.35)")
     p.add_argument("-o", "--output", default="calibrated.json", help="where to write the PABConfig JSON")
     p.set_defaults(func=run_calibrate)
     return p
@@ -128,8 +133,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     profile = AttentionProfile.load(args.profile)
     generator, prompts, params = _setup(args)
     steps = params.pop("num_inference_steps", None)
+    extra = {} if args.attention_share is None else {"attention_share": args.attention_share}
     result = calibrate(generator, profile, prompts, args.seeds, psnr_floor=args.psnr_floor, baseline=args.baseline,
-                       max_trials=args.max_trials, num_inference_steps=steps, **params)
+                       max_trials=args.max_trials, num_inference_steps=steps, modes=tuple(args.modes), **extra,
+                       **params)
+    print("measured frontier (estimated cost = share of the full model's transformer time):")
+    for row in result.frontier:
+        print(f"  {row['name']:42s} cost {row['cost']:.3f}  PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}")
     print(result.verdict)
     if result.config is None:
         _write_json(Path(args.output).with_suffix(".report.json"), result.to_dict())

@@ -1,0 +1,190 @@
+"""torch.compile stacked with PAB: eager vs compiled, with and without PAB, side by side in one process.
+
+Every variant has its own copy of the model (same weights), so switching costs nothing; they run interleaved item by
+item (`bench/frontier.py`'s `interleave`). Compiled variants compile through `PABHandle.compile` (PAB decides outside
+the compiled region); "naive" compiles the whole hooked transformer (`transformer.compile()`), the way a user would
+without this, to show the graph breaks it takes. Warm-up = first generation (compiles) minus a steady one.
+
+    python bench/compile_speed.py                               # tiny-shapes, 8 captions x 1 seed, 5 rounds
+    python bench/compile_speed.py --model latte-random --layers 2 --rounds 3     # bench/pab_speed.py's Latte
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch._dynamo.utils import counters
+
+from frontier import Variant, interleave, speedups  # bench/frontier.py
+from pab import apply_pab, get_preset
+
+HERE = Path(__file__).parent
+CPP = {"cpp_wrapper": True}
+# name -> (preset or None for the bare model, how to compile: None eager, "pab" PABHandle.compile, "naive" whole
+# model, "plain" the bare model; inductor options)
+VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None]] = {
+    "eager none": (None, None, None),
+    "eager PAB-246": ("PAB-246", None, None),
+    "eager step3f": ("step3f", None, None),
+    "compiled plain (one graph, no hooks)": (None, "plain", None),
+    "compiled none": ("none", "pab", None),
+    "compiled PAB-246": ("PAB-246", "pab", None),
+    "compiled step3f": ("step3f", "pab", None),
+    "compiled none, cpp_wrapper": ("none", "pab", CPP),
+    "compiled PAB-246, cpp_wrapper": ("PAB-246", "pab", CPP),
+    "compiled step3f, cpp_wrapper": ("step3f", "pab", CPP),
+    "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None),
+}
+
+
+def _graphs() -> tuple[int, int]:
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def _wall(run: Callable[[Any], Any], items: list[Any]) -> float:
+    start = time.perf_counter()
+    for item in items:
+        run(item)
+    return time.perf_counter() - start
+
+
+def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None, options: dict | None) -> None:
+    """Hook and/or compile one copy of the transformer as the variant says."""
+    handle = apply_pab(transformer, get_preset(preset, model="latte")) if preset else None
+    extra = {"options": options} if options else {}
+    if how == "pab":
+        handle.compile(fullgraph=True, **extra)
+    elif how in ("plain", "naive"):
+        transformer.compile(**extra)
+
+
+def build_variants(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]], items: list[Any],
+                   names: list[str]) -> tuple[list[Variant], dict[str, Callable[[Any], float]], dict[str, dict]]:
+    """One copy per variant, warmed up one after the other so each one's graphs and compile time are its own."""
+    variants, runners, warm = [], {}, {}
+    for name in names:
+        preset, how, options = VARIANTS[name]
+        transformer, run = make_runner()
+        prepare(transformer, preset, how, options)
+        graphs0, breaks0 = _graphs()
+        first = _wall(run, items)
+        steady = _wall(run, items)
+        graphs1, breaks1 = _graphs()
+        warm[name] = {"first_s": first, "steady_s": steady, "warm_up_s": first - steady,
+                      "graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0}
+        again = _graphs()
+        run(items[0])
+        warm[name]["recompiles_after_warm_up"] = _graphs()[0] - again[0]
+        print(f"{name}: warm-up {first - steady:.1f} s, {graphs1 - graphs0} graphs, {breaks1 - breaks0} breaks",
+              flush=True)
+        runners[name] = run
+        variants.append(Variant(name, lambda: None, lambda: None))
+    return variants, runners, warm
+
+
+def tiny_shapes_runner(args: argparse.Namespace) -> Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]]:
+    from pab.runtime.pipelines import load_pipeline
+
+    base = load_pipeline("tiny-shapes")
+
+    def make() -> tuple[torch.nn.Module, Callable[[Any], float]]:
+        pipe = copy.deepcopy(base)
+
+        def run(pair: tuple[str, int]) -> None:
+            pipe(pair[0], generator=torch.Generator().manual_seed(pair[1]), num_inference_steps=args.steps,
+                 guidance_scale=args.guidance_scale, output_type="np")
+
+        return pipe.transformer, run
+
+    return make
+
+
+def latte_random_runner(args: argparse.Namespace) -> Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]]:
+    from pab_speed import Loop, build
+
+    for key, value in {"hidden": 384, "heads": 6, "latent": 32, "frames": 8, "text_len": 32, "caption_dim": 128,
+                       "device": "cpu", "dtype": torch.float32}.items():
+        setattr(args, key, getattr(args, key, None) or value)
+    base = build(args)
+
+    def make() -> tuple[torch.nn.Module, Callable[[Any], float]]:
+        model = copy.deepcopy(base)
+        loop = Loop(model, args)
+        return model, lambda _: loop.run()  # returns its own wall time; interleave measures both clocks
+
+    return make
+
+
+def report(times: dict[str, list[float]], warm: dict[str, dict[str, Any]], clock: str) -> str:
+    speed = speedups(times, "eager none")
+    lines = [f"| variant | speedup vs eager none, {clock} (median [min..max]) | warm-up s (wall) | graphs | "
+             "graph breaks | recompiles after warm-up |", "|---|---|---|---|---|---|"]
+    for name in times:
+        med, lo, hi = speed[name]
+        w = warm[name]
+        lines.append(f"| {name} | {med:.2f}x [{lo:.2f}..{hi:.2f}] | {w['warm_up_s']:.1f} | {w['graphs']} | "
+                     f"{w['graph_breaks']} | {w['recompiles_after_warm_up']} |")
+    eager = speed["eager PAB-246"][0]
+    lines.append("")
+    for suffix in ("", ", cpp_wrapper"):
+        if f"compiled PAB-246{suffix}" not in times or f"compiled none{suffix}" not in times:
+            continue
+        within = speedups(times, f"compiled none{suffix}")[f"compiled PAB-246{suffix}"][0]
+        lines += [f"{clock}: PAB-246 speedup compiled{suffix} / eager: {within:.3f} / {eager:.3f} = {within / eager:.3f} "
+                  f"(target >= 0.95); compiled{suffix} PAB-246 vs eager none: "
+                  f"{speed[f'compiled PAB-246{suffix}'][0]:.2f}x (target >= 2)"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["tiny-shapes", "latte-random"], default="tiny-shapes")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (tiny-shapes 25, latte-random 20)")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layers", type=int, default=2, help="latte-random: spatial (and temporal) blocks")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help="subset of the variants (names as listed)")
+    p.add_argument("--tag", default="")
+    args = p.parse_args(argv)
+    args.steps = args.steps or (25 if args.model == "tiny-shapes" else 20)
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    torch._dynamo.config.recompile_limit = 64  # as pab.runtime.pipelines.compile sets it
+    t0 = time.time()
+    if args.model == "tiny-shapes":
+        from pab.runtime.tinyvideo.data import HELD_OUT, caption
+
+        make, items = tiny_shapes_runner(args), [(caption(*c), s) for c in HELD_OUT for s in args.seeds]
+    else:
+        make, items = latte_random_runner(args), [None]
+    variants, runners, warm = build_variants(make, items, args.variants)
+    box: dict[str, Any] = {}
+    for v in variants:
+        v.enter = lambda name=v.name: box.__setitem__("run", runners[name])
+    times = interleave(variants, items, lambda item: box["run"](item), args.rounds)
+    text = report(times["cpu"], warm, "CPU time") + "\n" + report(times["wall"], warm, "wall time")
+    stem = f"compile_speed_{args.model}{'_' + args.tag if args.tag else ''}"
+    command = f"python bench/compile_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
+    header = (f"Command: `{command}` ({platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+              f"{args.rounds} interleaved rounds, {time.time() - t0:.0f} s wall, inductor on CPU; the 2-core machine "
+              f"was shared with other jobs: the ratios are measured within each round).\n\n")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"{stem}.md").write_text(header + text)
+    (HERE / "results" / f"{stem}.json").write_text(json.dumps({"command": command, "times": times, "warm": warm},
+                                                              indent=1) + "\n")
+    sys.stdout.write("\n" + header + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""PAB under torch.compile: no graph break, one graph per distinct broadcast combination, nothing recompiled step
+after step or generation after generation, and the same outputs as eager. Graphs are counted with dynamo's own
+counters; most tests use the "eager" backend (dynamo traces and guards exactly as for inductor, without codegen)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from torch._dynamo.utils import counters
+
+from pab import apply_pab, get_preset
+from pab.runtime.models.tiny import tiny_latte_transformer
+from pab.runtime.pipelines import GenerationParams, VideoGenerator
+from pab.runtime.pipelines.compile import CompileConfig, CompileConfigError, compile_generator
+from pab.runtime.tinyvideo.pipeline import random_tiny_shapes
+
+
+def _graphs() -> tuple[int, int]:
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def _timesteps(steps: int) -> list[float]:
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(steps)
+    return [float(t) for t in scheduler.timesteps]
+
+
+def _generation(transformer, timesteps: list[float]) -> list[torch.Tensor]:
+    x = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return [transformer(x, timestep=torch.tensor([t]), encoder_hidden_states=text, return_dict=False)[0]
+                for t in timesteps]
+
+
+def _distinct_plans(handle, timesteps: list[float]) -> int:
+    """Distinct per-module broadcast decisions over one single-pass generation, replayed from the rules."""
+    config = handle.config
+    plans = set()
+    for counter, t in enumerate(timesteps):
+        plans.add(tuple(counter > 0 and config.rule_for(kind).broadcasts(counter, t)
+                        for kind, _ in handle.modules.values() if kind != "mlp"))
+    return len(plans)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("preset,steps", [("PAB-246", 30), ("PAB-357f", 20)])
+def test_one_graph_per_distinct_plan_and_no_recompiles_across_steps_and_generations(preset, steps):
+    transformer = tiny_latte_transformer(num_layers=2)
+    eager_handle = apply_pab(transformer, get_preset(preset, model="latte"))
+    timesteps = _timesteps(steps)
+    eager = _generation(transformer, timesteps)
+    eager_stats = eager_handle.stats.to_dict()
+    eager_handle.compile(backend="eager", fullgraph=True)
+    graphs0, breaks0 = _graphs()
+    compiled = _generation(transformer, timesteps)
+    graphs1, breaks1 = _graphs()
+    expected = _distinct_plans(eager_handle, timesteps)
+    assert breaks1 == breaks0
+    assert graphs1 - graphs0 == expected
+    assert 2 <= expected <= 9 < len(timesteps)  # a bounded set, not one graph per step
+    compiled_again = _generation(transformer, timesteps)
+    assert _graphs() == (graphs1, breaks1)  # a second generation compiles nothing
+    for a, b, c in zip(eager, compiled, compiled_again):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        torch.testing.assert_close(c, a, rtol=0, atol=1e-6)
+    assert eager_handle.stats.to_dict() == eager_stats  # decisions and counts are the same compiled
+
+
+def test_step_rule_under_compile_only_compiles_the_forwards_that_run():
+    transformer = tiny_latte_transformer(num_layers=1)
+    handle = apply_pab(transformer, get_preset("step3f", model="latte"))
+    timesteps = _timesteps(12)
+    eager = _generation(transformer, timesteps)
+    handle.compile(backend="eager", fullgraph=True)
+    graphs0, breaks0 = _graphs()
+    compiled = _generation(transformer, timesteps)
+    assert _graphs() == (graphs0 + 1, breaks0)  # no module rule: every forward that runs is the same graph
+    assert handle.stats.step.broadcast > 0 and handle.stats.step.forecast > 0
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    handle.remove()
+    assert not handle.compiled
+
+
+@pytest.mark.slow
+def test_inductor_compiled_pab_matches_eager():
+    """The real backend, once: 4 distinct plans of PAB-246 over 8 steps, each a C++ graph (tens of seconds)."""
+    transformer = tiny_latte_transformer(num_layers=1)
+    handle = apply_pab(transformer, get_preset("PAB-246f", model="latte"))
+    timesteps = _timesteps(8)
+    eager = _generation(transformer, timesteps)
+    handle.compile(fullgraph=True)
+    graphs0, breaks0 = _graphs()
+    compiled = _generation(transformer, timesteps)
+    assert _graphs() == (graphs0 + _distinct_plans(handle, timesteps), breaks0)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_video_generator_compile_option():
+    params = GenerationParams(prompt="a red disc moving up", seed=5, num_inference_steps=6)
+    defaults = {"num_inference_steps": 6}  # the warm-up runs at the defaults
+    plain = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", defaults=defaults)
+    expected = plain.generate(params)
+    assert plain.compile_report is None
+    generator = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", defaults=defaults, compile={"backend": "eager"})
+    report = generator.compile_report
+    assert generator.pab_handle.compiled and report.warm_up_s > 0
+    assert report.graphs >= 2 and report.graph_breaks == 0  # the warm-up at the defaults compiled its plans
+    got = generator.generate(params)
+    np.testing.assert_array_equal(got.frames, expected.frames)
+    assert got.stats == expected.stats
+    assert report.to_dict()["backend"] == "eager"
+
+
+def test_compile_config_is_validated_and_refuses_parallel():
+    assert CompileConfig.resolve(False) is None and CompileConfig.resolve(None) is None
+    assert CompileConfig.resolve(True) == CompileConfig()
+    assert CompileConfig.resolve({"backend": "eager", "warm_up": False}).backend == "eager"
+    with pytest.raises(CompileConfigError, match="backnd"):
+        CompileConfig.resolve({"backnd": "eager"})
+    cfg = CompileConfig.resolve({"options": {"cpp_wrapper": True}})
+    assert cfg.compile_kwargs()["options"] == {"cpp_wrapper": True} and "options" not in CompileConfig().compile_kwargs()
+    with pytest.raises(CompileConfigError, match="mode or options"):
+        CompileConfig(mode="max-autotune-no-cudagraphs", options={"cpp_wrapper": True})
+    with pytest.raises(CompileConfigError, match="bool or a mapping"):
+        CompileConfig.resolve("inductor")
+    with pytest.raises(CompileConfigError, match="sp_degree=1"):
+        compile_generator(SimpleNamespace(parallel=object(), pab_handle=None), True)
+
+
+def test_serving_config_exposes_compile_off_by_default():
+    from serve_app.config import AppConfig
+
+    assert AppConfig().compile is False
+    assert AppConfig(compile={"mode": "max-autotune-no-cudagraphs"}).compile == {"mode": "max-autotune-no-cudagraphs"}
