@@ -20,12 +20,14 @@ class _Frozen(BaseModel):
 
 
 class KindCounts(_Frozen):
-    """Calls of one module kind in one generation: computed, or served from the cache (broadcast)."""
+    """Calls of one module kind in one generation: computed, or skipped (broadcast; `forecast` of them returned an
+    extrapolation rather than the cached output)."""
 
     calls: int = 0
     computed: int = 0
     broadcast: int = 0
     hit_rate: float = 0.0
+    forecast: int = 0
 
 
 class CommCounter(_Frozen):
@@ -54,12 +56,14 @@ class CommCounts(_Frozen):
 
 
 class PABCounts(_Frozen):
-    """What PAB did in one generation: the preset, transformer forwards, per-kind counts and communication."""
+    """What PAB did in one generation: the preset, transformer forwards, per-kind counts, the step-level rule's
+    forwards (`step`: served whole from the step cache or computed) and communication."""
 
     preset: str = "none"
     forwards: int = 0
     kinds: dict[str, KindCounts] = Field(default_factory=dict)
     attention: KindCounts = KindCounts()
+    step: KindCounts = KindCounts()
     comm: CommCounts = CommCounts()
 
     @classmethod

@@ -33,7 +33,7 @@ def generator():
 ])
 def test_replayed_cost_matches_what_the_hooks_did(generator, config):
     timesteps = sampler_timesteps(generator, STEPS)
-    stats = generator.generate(GenerationParams(prompt=PROMPT, seed=0, num_inference_steps=STEPS), pab=config).stats
+    stats = generator.generate(GenerationParams(prompt=PROMPT, seed=0, num_inference_steps=STEPS), pab=config).stats.pab.model_dump()
     ran = stats["step"]["computed"] / stats["forwards"] if config.step else 1.0
     share = 0.4
     cost = estimated_cost(config, timesteps, MODULES, attention_share=share)

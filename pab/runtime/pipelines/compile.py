@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-import torch
+from pab.runtime.request.params import GenerationParams
 
 RECOMPILE_LIMIT = 64
 """Graphs dynamo may keep per code object - the transformer class's forward, shared by every compiled instance of it
@@ -122,7 +122,7 @@ def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | Compile
             "compile is not supported with sequence or CFG parallel yet (the collectives run inside the forward); "
             "use sp_degree=1 and cfg_degree=1, or compile=False"
         )
-    import torch._dynamo
+    import torch._dynamo  # dynamo's config: only once compiling is asked for (it takes seconds to import)
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     report = CompileReport(config)
@@ -136,8 +136,6 @@ def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | Compile
 
 
 def _warm_up(generator: Any) -> float:
-    from pab.runtime.request.params import GenerationParams
-
     vocabulary = getattr(generator.pipeline, "prompt_vocabulary", None) or {}
     start = time.perf_counter()
     generator.generate(GenerationParams(prompt=vocabulary.get("example", WARM_UP_PROMPT), seed=0))

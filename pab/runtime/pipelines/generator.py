@@ -280,10 +280,9 @@ def combined_stats(parts: list[PABStats]) -> PABStats:
     total = PABStats(preset=parts[0].preset)
     for part in parts:
         total.forwards += part.forwards
+        total.step.add(part.step)
         for kind, counts in part.kinds.items():
-            into = total.kinds[kind]
-            into.calls, into.computed = into.calls + counts.calls, into.computed + counts.computed
-            into.broadcast += counts.broadcast
+            total.kinds[kind].add(counts)
         for mine, theirs in ((total.issued, part.issued), (total.skipped, part.skipped)):
             for key, counter in theirs.items():
                 mine.setdefault(key, type(counter)()).add(counter.bytes, counter.calls)
