@@ -21,7 +21,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .adapters import MLP_KIND, ModelAdapter, adapter_for
-from .config import PABConfig, PABConfigError
+from .config import TIMESTEP_SCALE, PABConfig, PABConfigError
 from .forecast import ForecastHistory
 from .stats import OTHER_KIND, PABStats, comm_scope
 from .step_cache import StepCache
@@ -94,10 +94,11 @@ class TimestepHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state: GenerationState, timestep_position: int | None) -> None:
+    def __init__(self, state: GenerationState, timestep_position: int | None, reversed_timesteps: bool = False) -> None:
         super().__init__()
         self.state = state
         self.timestep_position = timestep_position
+        self.reversed_timesteps = reversed_timesteps  # Mochi passes 1000 - t: read it back as the diffusion timestep
         self.context = StateManager(_ContextOnly)  # diffusers' cache_context() sets names on StateManager attributes
         self.broadcast_hooks: list[BroadcastHook] = []
         self.steps = StepCache()
@@ -113,8 +114,8 @@ class TimestepHook(ModelHook):
         if value is None:
             raise PABApplyError("PAB needs the diffusion timestep, but the transformer was called without `timestep`")
         if isinstance(value, torch.Tensor):  # one read per forward, eager: the compiled region never sees it
-            return float(value.item() if value.numel() == 1 else value.max())
-        return float(value)
+            value = value.item() if value.numel() == 1 else (value.min() if self.reversed_timesteps else value.max())
+        return TIMESTEP_SCALE - float(value) if self.reversed_timesteps else float(value)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
@@ -359,7 +360,7 @@ def apply_pab(transformer: torch.nn.Module, config: PABConfig, adapter: ModelAda
 
     state = GenerationState(config=config, stats=PABStats(preset=config.name), two_pass_cfg=adapter.two_pass_cfg)
     modules: dict[str, tuple[str, int]] = {}
-    root = TimestepHook(state, position)
+    root = TimestepHook(state, position, adapter.timestep_reversed)
     for name, kind, block, module in adapter.iter_modules(transformer):
         hook = BroadcastHook(state, name, kind, block)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, BROADCAST_HOOK)

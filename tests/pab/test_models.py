@@ -5,11 +5,9 @@ passes) and its tiny pipeline through `VideoGenerator` (`PABPipelineTesterMixin`
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
-import pytest
 import torch
 from diffusers import AllegroPipeline
 
@@ -18,20 +16,6 @@ from pab.runtime.models import tiny
 from .model_mixin import PABModelTesterMixin, PABPipelineTesterMixin
 
 TEXT_LEN = 6
-
-REVERSED_TIMESTEPS = pytest.mark.xfail(strict=True, reason=(
-    "Mochi's transformer timestep rises during denoising (1000 - noise level; adapter.timestep_reversed): pab.hooks "
-    "reads it raw, so every forward looks like a new generation and nothing is ever broadcast. Needs TimestepHook to "
-    "read 1000 - t for timestep_reversed adapters (reported to the lead; pab/hooks.py belongs to another helper)."))
-
-
-def _expect_failure(test: Callable[..., None]) -> Callable[..., None]:
-    """A copy of a mixin test marked for one family only (marking the mixin's function would mark every family)."""
-    @functools.wraps(test)
-    def copy(self: Any, *args: Any, **kwargs: Any) -> None:
-        test(self, *args, **kwargs)
-    return REVERSED_TIMESTEPS(copy)
-
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -113,11 +97,6 @@ class TestMochi(PABModelTesterMixin, PABPipelineTesterMixin):
                 "encoder_attention_mask": _text_mask(batch)}
 
     # everything that counts steps; PAB off and the unhooked pipeline agree already
-    test_pab_off_is_bit_identical = _expect_failure(PABModelTesterMixin.test_pab_off_is_bit_identical)
-    test_rule_counts_per_kind = _expect_failure(PABModelTesterMixin.test_rule_counts_per_kind)
-    test_cfg_passes_keep_their_own_cache = _expect_failure(PABModelTesterMixin.test_cfg_passes_keep_their_own_cache)
-    test_remove_restores_model = _expect_failure(PABModelTesterMixin.test_remove_restores_model)
-    test_generator_counts_follow_the_rule = _expect_failure(PABPipelineTesterMixin.test_generator_counts_follow_the_rule)
 
 
 class TestLTXVideo(PABModelTesterMixin, PABPipelineTesterMixin):

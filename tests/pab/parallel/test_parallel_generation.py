@@ -51,11 +51,7 @@ CASES = {
 }
 ALL = [(world, case) for world, cases in CASES.items() for case in cases]
 IDS = [f"{w}ranks-{c.name}" for w, c in ALL]
-# Mochi's transformer timestep rises while denoising; until pab.hooks reads it as 1000 - t (test_models.TestMochi),
-# every forward restarts PAB's counts, so the booked collectives cover one forward instead of the generation.
-COUNTED = [pytest.param(w, c, marks=pytest.mark.xfail(strict=True, reason="Mochi: pab.hooks reads the reversed "
-                                                                       "timestep raw (hooks change reported)"))
-           if c.model == "mochi" else (w, c) for w, c in ALL]
+COUNTED = ALL
 
 
 @pytest.fixture(scope="module")
