@@ -49,6 +49,29 @@ def _scalar(server: monitoring.PrometheusServer, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+def _assert_hit_rates_match(prometheus: monitoring.PrometheusServer, stats: list[dict]) -> None:
+    """The dashboard's hit-rate expressions, run by Prometheus, equal the rates the jobs' own stats give."""
+    (panel,) = [p for p in dashboard.PANELS if p.title == "PAB hit rate since replica start"]
+    by_kind, overall, mlp = (t.expr for t in panel.targets)
+    reported = {r["metric"]["kind"]: float(r["value"][1]) for r in _query(prometheus, by_kind)}
+    expected = {}
+    for kind in KINDS:
+        calls = sum(s["kinds"][kind]["calls"] for s in stats)
+        if calls:
+            expected[kind] = sum(s["kinds"][kind]["broadcast"] for s in stats) / calls
+    assert reported == pytest.approx(expected, rel=1e-9)
+    assert any(rate > 0 for rate in expected.values()), "PAB broadcast nothing: the test app must use a preset"
+    attention = [s["attention"] for s in stats]
+    assert float(_query(prometheus, overall)[0]["value"][1]) == pytest.approx(
+        sum(a["broadcast"] for a in attention) / sum(a["calls"] for a in attention), rel=1e-9
+    )
+    mlp_calls = sum(s["kinds"]["mlp"]["calls"] for s in stats)
+    if mlp_calls:
+        assert float(_query(prometheus, mlp)[0]["value"][1]) == pytest.approx(
+            sum(s["kinds"]["mlp"]["broadcast"] for s in stats) / mlp_calls, rel=1e-9
+        )
+
+
 def test_dashboard_queries_return_data_and_hit_rate_matches_the_jobs_stats(
     prometheus: monitoring.PrometheusServer, app: ApiClient
 ) -> None:
@@ -77,25 +100,7 @@ def test_dashboard_queries_return_data_and_hit_rate_matches_the_jobs_stats(
 
     # The hit rates Prometheus computes with the dashboard's own expressions equal the jobs' stats.
     stats = [v["stats"] for v in videos]
-    (panel,) = [p for p in dashboard.PANELS if p.title == "PAB hit rate since replica start"]
-    by_kind, overall, mlp = (t.expr for t in panel.targets)
-    reported = {r["metric"]["kind"]: float(r["value"][1]) for r in _query(prometheus, by_kind)}
-    expected = {}
-    for kind in KINDS:
-        calls = sum(s["kinds"][kind]["calls"] for s in stats)
-        if calls:
-            expected[kind] = sum(s["kinds"][kind]["broadcast"] for s in stats) / calls
-    assert reported == pytest.approx(expected, rel=1e-9)
-    assert any(rate > 0 for rate in expected.values()), "PAB broadcast nothing: the test app must use a preset"
-    attention = [s["attention"] for s in stats]
-    assert float(_query(prometheus, overall)[0]["value"][1]) == pytest.approx(
-        sum(a["broadcast"] for a in attention) / sum(a["calls"] for a in attention), rel=1e-9
-    )
-    mlp_calls = sum(s["kinds"]["mlp"]["calls"] for s in stats)
-    if mlp_calls:
-        assert float(_query(prometheus, mlp)[0]["value"][1]) == pytest.approx(
-            sum(s["kinds"]["mlp"]["broadcast"] for s in stats) / mlp_calls, rel=1e-9
-        )
+    _assert_hit_rates_match(prometheus, stats)
 
     # Collective bytes issued and skipped add up to the jobs' own accounting.
     comm = {
