@@ -75,6 +75,10 @@ def test_a_served_sample_is_the_offline_figure_for_the_same_seed(app) -> None:
     assert sum(v for _, v in counts) == count
 
 
+def _finite(result: list[dict]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
 def _rule_health(server: monitoring.PrometheusServer) -> str | None:
     with urllib.request.urlopen(f"{server.url}/api/v1/rules", timeout=10) as resp:
         groups = json.load(resp)["data"]["groups"]
@@ -112,8 +116,7 @@ def test_below_the_floor_default_jobs_run_the_fallback_and_the_alert_fires(app, 
 
         wait_for(lambda: _alert_state(prometheus) in ("pending", "firing"), 60, "the alert to be pending")
         for expr in dashboard.expressions(dashboard.QUALITY_PANELS):
-            wait_for(lambda e=expr: any(math.isfinite(float(r["value"][1])) for r in dashboard_query(prometheus, e, APP)),
-                     60, f"data for {expr}")
+            wait_for(lambda e=expr: _finite(dashboard_query(prometheus, e, APP)), 60, f"data for {expr}")
         wait_for(lambda: _alert_state(prometheus) == "firing", 120, "the alert to fire (for: 1m)", interval=2)
         gauge = prometheus.query(f'last_over_time(ray_pab_quality_fallback_active{{application="{APP}"}}[1m])')
         assert {(r["metric"]["preset"], r["value"][1]) for r in gauge} == {("reference:latte", "1")}
