@@ -80,9 +80,7 @@ class JobEnds:
             if job_id not in self._seen:
                 self._seen.add(job_id)
                 self._open.add(job_id)
-        quality = (f"sampling {watch.sample_rate:.0%} of PAB jobs, floor {watch.floor_psnr_db:g} dB, fallback "
-               f"{watch.fallback_preset}" if watch.enabled else "watch off (quality_watch.sample_rate=0)")
-    lines = []
+        lines = []
         for job_id in sorted(self._open):
             state = self._store.state(job_id)
             if state.terminal:

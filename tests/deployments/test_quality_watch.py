@@ -203,7 +203,8 @@ def test_a_pab_job_is_measured_while_idle_and_its_sample_reaches_the_store_and_t
         plain = engine.job(_request("plain").model_copy(update={"pab": get_preset("none").to_dict()}))
         await asyncio.gather(engine.submit(served), engine.submit(plain))  # queued together: no idle spell between
         await _until(lambda: watcher.measured == 1, "the measurement")
-        await asyncio.sleep(0.05)  # the plain job would be measured by now, were it sampled
+        assert watcher.pending == 0  # both jobs were observed before the idle spell: the plain one was not sampled
+        await asyncio.sleep(0.05)
         return group.calls, watcher, read_status(JobStore.from_config(config.storage), status_key(config))
 
     calls, watcher, stored = asyncio.run(scenario())
