@@ -63,6 +63,8 @@ def test_a_served_sample_is_the_offline_figure_for_the_same_seed(app) -> None:
     _, (full,) = run_config(generator, [(prompt, seed)], "none", **params)
     offline, _ = run_config(generator, [(prompt, seed)], "PAB-246", [full], **params)
     assert math.isfinite(offline.psnr) and sample["psnr_db"] < 100, "PAB-246 must change the video for this to test"
+    print(f"served sample: PSNR {sample['psnr_db']:.3f} dB, SSIM {sample['ssim']:.4f}; offline (bench/quality.py's "
+          f"run_config): PSNR {offline.psnr:.3f} dB, SSIM {offline.ssim:.4f}")  # shown with pytest -rP
     assert sample["psnr_db"] == pytest.approx(offline.psnr, abs=0.5)
     assert sample["ssim"] == pytest.approx(offline.ssim, abs=0.02)
 
