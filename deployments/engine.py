@@ -14,8 +14,8 @@ together at the next step end, freeing the replica. The engine knows nothing of 
 writes job state) or of HTTP.
 
 Background work (`BackgroundWork`, e.g. `deployments.quality_watch`) sees every completed job and runs only while the
-queue is empty: a job that arrives cancels it, and the engine waits for it to hand the worker group back (at most one
-denoising step) before the job's batch starts.
+queue is empty: a job that arrives cancels it, and the engine waits for it to hand the worker group back (the ranks
+stop at their next step end) before the job's batch starts.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ class VideoGeneratorDeployment:
         `serve_app.errors.InvalidRequestError` (a `ValueError`) whose `param` names the field."""
         submitted = time.time()
         try:
-            resolved = resolve(request, self._card, default_pab=self._presets.default_preset(), limits=self._config.limits)
+            resolved = resolve(request, self._card, default_pab=self._presets.default_preset(),
+                               limits=self._config.limits)
         except RequestError as exc:  # re-raised as an error that pickles with its fields: it crosses Ray
             raise from_request_error(exc, api_names=False) from None
         job = self._engine.job(resolved)

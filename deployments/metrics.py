@@ -311,7 +311,7 @@ def set_quality_status(model: str, default_preset: str, floor_psnr_db: float, fa
 
 @_never_raises
 def record_background(model: str, work: str, outcome: str, seconds: float) -> None:
-    """Book one idle-time run (`completed`, `preempted` by a user job, or `failed`) and the seconds it held the group."""
+    """Book one idle-time run (`completed`, `preempted` by a user job, or `failed`) and its seconds on the group."""
     m = _metrics()
     m.background_runs.inc(1, {"model": model, "work": work, "outcome": outcome})
     _inc(m.background_seconds, seconds, {"model": model, "work": work})

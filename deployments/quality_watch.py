@@ -4,8 +4,9 @@ The engine (`deployments.engine`) hands the watch every completed job (`observe`
 its queue is empty. A sampled PAB job (`quality_watch.sample_rate`) is re-run with PAB off on the replica's worker
 group (`GenerationWorker.measure_quality`, `deployments.quality_probe`), and the served video is scored against
 the full model's: PSNR and SSIM of the raw frames, as `bench/quality.py` computes them. A job that arrives cancels
-the re-run, which then stops the group at its next step end and keeps the sample for the next idle spell: user
-jobs wait for the watch one denoising step at most, and the watch never enters Serve's queues or autoscaling.
+the re-run, which then stops the group at its next step end and keeps the sample for the next idle spell: a user
+job waits for the rest of one step and the stop's round trip (`bench/quality_watch.py`), and the watch never enters
+Serve's queues or autoscaling.
 
 Samples are pooled in the job store per preset (`serve_app.quality`, shared by every replica of the deployment).
 When the rolling median of the default preset falls below `floor_psnr_db`, ingress replicas resolve jobs that name no
@@ -71,6 +72,7 @@ class QualityWatch:
         self._ready = asyncio.Event()
         self._status = self._fresh_status(card)
         self.measured = self.preempted = 0
+        self.measuring = False
         self._publisher = asyncio.get_running_loop().create_task(self._publish_periodically())
 
     def _fresh_status(self, card: ModelCard) -> QualityStatus:
@@ -122,6 +124,7 @@ class QualityWatch:
         """Run the measurement on the group; on cancellation stop it at a step end, wait for that, then re-raise."""
         started = time.perf_counter()
         run = asyncio.ensure_future(self._group.run([sample.request], call="measure_quality", args=(sample.probe_pab,)))
+        self.measuring = True
         try:
             scores = await asyncio.shield(run)
         except asyncio.CancelledError:
@@ -133,6 +136,8 @@ class QualityWatch:
             logger.warning("pab quality watch: measuring job %s failed: %s", sample.job_id, exc)
             metrics.record_background(self._model, WORK, "failed", time.perf_counter() - started)
             return None
+        finally:
+            self.measuring = False
         metrics.record_background(self._model, WORK, "completed", time.perf_counter() - started)
         return scores
 
@@ -197,4 +202,4 @@ class QualityWatch:
     def describe(self) -> dict[str, Any]:
         """For the replica's `describe()`: counts and the state."""
         return {"measured": self.measured, "preempted": self.preempted, "pending": self.pending,
-                "status": self._status.model_dump(mode="json")}
+                "measuring": self.measuring, "status": self._status.model_dump(mode="json")}

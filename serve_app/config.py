@@ -94,8 +94,8 @@ class QualityWatchConfig(_Section):
     served video against the full model's (PSNR, SSIM: `ray_pab_quality_psnr_db`, `ray_pab_quality_ssim`). When the
     rolling median PSNR of the default preset's last `window` samples falls below `floor_psnr_db`, jobs that name
     no preset run with `fallback_preset` until it is back at or above the floor (a log line and the gauge
-    `ray_pab_quality_fallback_active` say so). A user job never waits for it beyond one denoising step: a job that
-    arrives stops the re-run at its next step end.
+    `ray_pab_quality_fallback_active` say so). A job that arrives stops the re-run at its next step end, and waits
+    for that only.
 
     Args:
         sample_rate: Share of completed PAB jobs re-run (0 turns the watch off; the default on every config but the

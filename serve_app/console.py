@@ -26,14 +26,15 @@ def banner(config: AppConfig, url: str, logs_dir: str | None) -> list[str]:
     replicas = (f"autoscaling {config.autoscaling_config.get('min_replicas', 1)}-"
                 f"{config.autoscaling_config.get('max_replicas', '?')} replicas" if config.autoscaling_config
                 else f"{config.num_replicas or 1} replica(s)")
+    quality = (f"sampling {watch.sample_rate:.0%} of PAB jobs, floor {watch.floor_psnr_db:g} dB, fallback "
+               f"{watch.fallback_preset}" if watch.enabled else "watch off (quality_watch.sample_rate=0)")
     lines = [
         f"pab-serve: {config.model_name} on {config.device}, {config.world_size} workers per replica "
         f"(sp {config.sp_degree} x cfg {config.cfg_degree}), {replicas}, PAB {config.pab_preset}",
         f"  url         {url}/v1   playground {url}/playground",
         f"  store       {config.storage.url}   (change: storage.url=DIR or an fsspec URL)",
         f"  api key     {f'on ({keys} key(s))' if keys else 'off: loopback only'}",
-        "  quality     " + (f"sampling {watch.sample_rate:.0%} of PAB jobs, floor {watch.floor_psnr_db:g} dB, "
-                             f"fallback {watch.fallback_preset}" if watch.enabled else "watch off (quality_watch.sample_rate=0)"),
+        f"  quality     {quality}",
         f"  logs        level {config.log_level} (--log-level debug shows every request)"
         + (f"; all of them in {logs_dir}" if logs_dir else ""),
     ]

@@ -124,4 +124,5 @@ class PresetChooser:
 
     def default_preset(self) -> str:
         status = self.status()
-        return self._config.quality_watch.fallback_preset if status and status.fallback_active else self._config.pab_preset
+        watch = self._config.quality_watch
+        return watch.fallback_preset if status is not None and status.fallback_active else self._config.pab_preset

@@ -90,6 +90,8 @@ def serve_http(ray_cluster: Any) -> str:
 
 # ---- the pab Videos API app, deployed once per session ----------------------------------------------------------
 TEST_API_KEY = "sk-pab-test"
+PAB_INGRESS_ACTOR = "SERVE_REPLICA::pab#VideoIngress#"
+"""Name prefix of the `pab_app` ingress replicas' actors (other apps' ingresses run beside them)."""
 TEST_STEPS = 8
 """Default denoising steps of the test app: enough for PAB to broadcast inside the reference window."""
 

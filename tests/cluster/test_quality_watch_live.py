@@ -63,6 +63,8 @@ def test_a_served_sample_is_the_offline_figure_for_the_same_seed(app) -> None:
     _, (full,) = run_config(generator, [(prompt, seed)], "none", **params)
     offline, _ = run_config(generator, [(prompt, seed)], "PAB-246", [full], **params)
     assert math.isfinite(offline.psnr) and sample["psnr_db"] < 100, "PAB-246 must change the video for this to test"
+    print(f"served sample: PSNR {sample['psnr_db']:.3f} dB, SSIM {sample['ssim']:.4f}; offline (bench/quality.py's "
+          f"run_config): PSNR {offline.psnr:.3f} dB, SSIM {offline.ssim:.4f}")  # shown with pytest -rP
     assert sample["psnr_db"] == pytest.approx(offline.psnr, abs=0.5)
     assert sample["ssim"] == pytest.approx(offline.ssim, abs=0.02)
 
@@ -73,6 +75,10 @@ def test_a_served_sample_is_the_offline_figure_for_the_same_seed(app) -> None:
     assert count >= 1 and labels["model"] == "tiny-shapes"
     counts = series(scrape(), "ray_pab_quality_psnr_db_count", application=APP, preset="PAB-246")
     assert sum(v for _, v in counts) == count
+
+
+def _finite(result: list[dict]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
 
 
 def _rule_health(server: monitoring.PrometheusServer) -> str | None:
@@ -112,8 +118,7 @@ def test_below_the_floor_default_jobs_run_the_fallback_and_the_alert_fires(app, 
 
         wait_for(lambda: _alert_state(prometheus) in ("pending", "firing"), 60, "the alert to be pending")
         for expr in dashboard.expressions(dashboard.QUALITY_PANELS):
-            wait_for(lambda e=expr: any(math.isfinite(float(r["value"][1])) for r in dashboard_query(prometheus, e, APP)),
-                     60, f"data for {expr}")
+            wait_for(lambda e=expr: _finite(dashboard_query(prometheus, e, APP)), 60, f"data for {expr}")
         wait_for(lambda: _alert_state(prometheus) == "firing", 120, "the alert to fire (for: 1m)", interval=2)
         gauge = prometheus.query(f'last_over_time(ray_pab_quality_fallback_active{{application="{APP}"}}[1m])')
         assert {(r["metric"]["preset"], r["value"][1]) for r in gauge} == {("reference:latte", "1")}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pab.runtime.video import decode_video
+from tests.conftest import PAB_INGRESS_ACTOR
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -215,12 +216,12 @@ def test_jobs_survive_an_ingress_restart(pab_app):
     running = api.create(prompt="a plane flies over the city", steps=150, seed=5)
     api.wait(running["id"], until=lambda v: v["progress"] > 0)
 
-    ingress = [a for a in ray.util.list_named_actors(all_namespaces=True) if "::pab#VideoIngress#" in a["name"]]
+    ingress = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(PAB_INGRESS_ACTOR)]
     assert len(ingress) == 1
     ray.kill(ray.get_actor(ingress[0]["name"], namespace=ingress[0]["namespace"]), no_restart=True)
     pab_app.wait_for(
         lambda: [a for a in ray.util.list_named_actors(all_namespaces=True)
-                 if "::pab#VideoIngress#" in a["name"] and a["name"] != ingress[0]["name"]],
+                 if a["name"].startswith(PAB_INGRESS_ACTOR) and a["name"] != ingress[0]["name"]],
         timeout=120, what="a new ingress replica",
     )
     pab_app.wait_for(lambda: api.http.get("/health").status_code == 200, timeout=120, what="the ingress to answer")

@@ -82,7 +82,7 @@ def test_identical_videos_count_as_the_cap_and_the_state_round_trips_through_the
     assert read_status(store, "torn.quality") is None  # an unreadable state starts afresh, never fails a request
 
 
-def test_the_ingress_resolves_requests_naming_no_preset_with_the_fallback_while_it_is_active(tmp_path, monkeypatch) -> None:
+def test_requests_naming_no_preset_resolve_with_the_fallback_while_it_is_active(tmp_path, monkeypatch) -> None:
     import serve_app.quality as quality
 
     config = _config(tmp_path)
@@ -203,7 +203,8 @@ def test_a_pab_job_is_measured_while_idle_and_its_sample_reaches_the_store_and_t
         plain = engine.job(_request("plain").model_copy(update={"pab": get_preset("none").to_dict()}))
         await asyncio.gather(engine.submit(served), engine.submit(plain))  # queued together: no idle spell between
         await _until(lambda: watcher.measured == 1, "the measurement")
-        await asyncio.sleep(0.05)  # the plain job would be measured by now, were it sampled
+        assert watcher.pending == 0  # both jobs were observed before the idle spell: the plain one was not sampled
+        await asyncio.sleep(0.05)
         return group.calls, watcher, read_status(JobStore.from_config(config.storage), status_key(config))
 
     calls, watcher, stored = asyncio.run(scenario())
@@ -216,7 +217,7 @@ def test_a_pab_job_is_measured_while_idle_and_its_sample_reaches_the_store_and_t
     assert not watcher.status.fallback_active
 
 
-def test_a_job_arriving_preempts_the_measurement_at_a_step_end_and_it_resumes_when_idle_again(tmp_path, recorded) -> None:
+def test_a_job_arriving_preempts_the_measurement_at_a_step_end_and_it_resumes_when_idle(tmp_path, recorded) -> None:
     async def scenario():
         group = WatchedGroup(step_s=0.01, measure_steps=200)
         engine, watcher, _ = _watched(tmp_path, group)

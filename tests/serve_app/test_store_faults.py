@@ -11,6 +11,7 @@ import time
 import pytest
 
 from serve_app.store import JobRecord, JobStore, new_job_id
+from tests.conftest import PAB_INGRESS_ACTOR
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,11 +28,11 @@ def _clone(store: JobStore, record: JobRecord, seed: int) -> str:
 def _restart_ingress(pab_app, api) -> None:
     import ray
 
-    (old,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "::pab#VideoIngress#" in a["name"]]
+    (old,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(PAB_INGRESS_ACTOR)]
     ray.kill(ray.get_actor(old["name"], namespace=old["namespace"]), no_restart=True)
     pab_app.wait_for(
         lambda: [a for a in ray.util.list_named_actors(all_namespaces=True)
-                 if "::pab#VideoIngress#" in a["name"] and a["name"] != old["name"]],
+                 if a["name"].startswith(PAB_INGRESS_ACTOR) and a["name"] != old["name"]],
         timeout=120, what="a new ingress replica",
     )
     pab_app.wait_for(lambda: api.http.get("/health").status_code == 200, timeout=120, what="the ingress to answer")
