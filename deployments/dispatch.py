@@ -78,9 +78,6 @@ class Dispatcher:
         done, _ = await asyncio.wait({task}, timeout=hold_s)
         return bool(done)
 
-    def follows(self, job_id: str) -> bool:
-        return job_id in self._tasks
-
     # ---- one job ---------------------------------------------------------------------------------------------
     async def _follow(self, job_id: str) -> None:
         take_over, unavailable = False, 0
@@ -132,7 +129,7 @@ class Dispatcher:
                                           "error": {"code": "generator_lost", "message": message}})
         self._store.set_state(job_id, failed)
         record = self._store.record(job_id)
-        preset = ((record.request.pab if record else None) or {}).get("name", "none")
+        preset = record.request.preset_name if record else "none"
         metrics.record_job_finished(self._config.model_name, preset, None, "failed")
 
     # ---- every job -------------------------------------------------------------------------------------------

@@ -131,9 +131,6 @@ class GenerationEngine:
         elif job in self._running and all(j.cancelled for j in self._running):
             await self._group.stop()
 
-    def find(self, job_id: str) -> EngineJob | None:
-        return next((j for j in self._queue + self._running if j.job_id == job_id), None)
-
     @property
     def depth(self) -> tuple[int, int]:
         """(queued, running) jobs."""

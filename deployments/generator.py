@@ -106,8 +106,7 @@ class VideoGeneratorDeployment:
         response = await self._engine.submit(job)
         stats = response.stats.with_timings(queue_wait_s=(job.started_at or submitted) - submitted,
                                             total_s=time.time() - submitted)
-        preset = (resolved.pab or {}).get("name", "none")
-        metrics.record_job_finished(self._card.name, preset, stats, "completed", frames=resolved.num_frames)
+        metrics.record_job_finished(self._card.name, resolved.preset_name, stats, "completed", frames=resolved.num_frames)
         return response.model_copy(update={"stats": stats})
 
     async def run_job(self, job_id: str, take_over: bool = False) -> str:

@@ -144,7 +144,7 @@ class JobRunner:
 
     def _cancelled(self, record: JobRecord) -> str:
         logger.info("pab job %s cancelled", record.id)
-        metrics.record_job_finished(self._model, _preset(record), None, "cancelled")
+        metrics.record_job_finished(self._model, record.request.preset_name, None, "cancelled")
         return "cancelled"
 
     async def _finish(self, record: JobRecord, writes: JobWrites, status: str, *, stats: Any = None,
@@ -157,13 +157,9 @@ class JobRunner:
             update["progress"] = 100
         if not await writes.write(**update):
             return "deleted"
-        metrics.record_job_finished(self._model, _preset(record), stats, status, frames=frames)
+        metrics.record_job_finished(self._model, record.request.preset_name, stats, status, frames=frames)
         return status
 
     def _owns(self, job_id: str, attempt: int) -> bool:
         """Still this runner's job: not deleted, and no later attempt was claimed meanwhile."""
         return self._store.exists(job_id) and not self._store.claimed(job_id, attempt + 1)
-
-
-def _preset(record: JobRecord) -> str:
-    return (record.request.pab or {}).get("name", "none")

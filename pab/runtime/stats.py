@@ -115,10 +115,6 @@ class GenerationStats(_Frozen):
     timings: StageTimings = StageTimings()
     batch_size: int = 1
 
-    @property
-    def preset(self) -> str:
-        return self.pab.preset if self.pab is not None else "none"
-
     def with_timings(self, **seconds: float | None) -> "GenerationStats":
         """A copy with some stage timings set (the runner adds queue wait and total)."""
         return self.model_copy(update={"timings": self.timings.model_copy(update=seconds)})

@@ -54,6 +54,11 @@ class GenerationRequest(BaseModel):
         """Whether `resolve` filled every field (a resolved request replays identically, seed included)."""
         return self.model is not None and all(getattr(self, f) is not None for f in GENERATION_FIELDS)
 
+    @property
+    def preset_name(self) -> str:
+        """The name of the PAB setting it runs with (`none` when unhooked), as metrics label it."""
+        return (self.pab or {}).get("name", "none")
+
     def params(self) -> GenerationParams:
         """The generation parameters (`GenerationParams` re-checks their bounds: an assertion-level check)."""
         return GenerationParams(**self.model_dump(exclude={"model", "pab"}))
