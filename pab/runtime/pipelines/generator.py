@@ -6,6 +6,7 @@ seeding, progress reporting, PAB application and per-request PAB overrides behav
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -66,10 +67,11 @@ class GenerationResult:
         return self.request.pab
 
 
-def _call_kwargs(pipeline: DiffusionPipeline, batch: Sequence[GenerationParams]) -> dict[str, Any]:
-    """Map a batch of compatible params onto this pipeline's `__call__` (Latte says `video_length`, CogVideoX wants
-    its text length); one prompt and one seeded generator per sample."""
+def _call_kwargs(pipeline: DiffusionPipeline, requests: Sequence[GenerationRequest | GenerationParams]) -> dict[str, Any]:
+    """Map a batch of compatible requests onto this pipeline's `__call__` (Latte says `video_length`, CogVideoX wants
+    its text length); one prompt, one seeded generator and (image-to-video) one reference image per sample."""
     accepted = call_defaults(pipeline)
+    batch = [r.params() if isinstance(r, GenerationRequest) else r for r in requests]
     params = batch[0]
     scales = [p.guidance_scale for p in batch]
     kwargs: dict[str, Any] = {
@@ -92,8 +94,17 @@ def _call_kwargs(pipeline: DiffusionPipeline, batch: Sequence[GenerationParams])
         declared = getattr(getattr(pipeline, "tokenizer", None), "model_max_length", None) or math.inf
         text_len = pipeline.transformer.config.get("max_text_seq_length") or min(accepted["max_sequence_length"], declared)
         kwargs["max_sequence_length"] = int(text_len)
+    references = [getattr(r, "input_reference", None) for r in requests]
+    if references[0] is not None:  # `batch_key` keeps conditioned and unconditioned requests apart
+        images = [ref.pil() for ref in references]
+        kwargs["image"] = images if len(images) > 1 else images[0]
     kwargs.update(fixed_call_kwargs(pipeline))
     return kwargs
+
+
+def takes_reference_image(pipeline: DiffusionPipeline) -> bool:
+    """Whether the pipeline's `__call__` takes `image=` (diffusers' image-to-video pipelines and tiny-shapes do)."""
+    return "image" in inspect.signature(pipeline.__call__).parameters
 
 
 def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -173,6 +184,11 @@ class VideoGenerator:
         return reason
 
     @property
+    def image_to_video(self) -> bool:
+        """Whether requests may carry a reference image (`input_reference`)."""
+        return takes_reference_image(self.pipeline)
+
+    @property
     def card(self) -> ModelCard:
         """What the resolver checks requests against (the serving layer publishes the same card)."""
         if self._card is None:
@@ -229,10 +245,10 @@ class VideoGenerator:
             raise ValueError(f"{type(self.pipeline).__name__} cannot batch requests: {BATCH_VARIANT_PIPELINES[type(self.pipeline).__name__]}")
         pab = resolved[0].pab
         config = PABConfig.from_dict(pab) if pab is not None else None
-        batch = [r.params() for r in resolved]
         with self._lock:
-            frames, stats = self._run(batch, config, on_step)
-        expected = (batch[0].num_frames, batch[0].height, batch[0].width, 3)
+            frames, stats = self._run(resolved, config, on_step)
+        first = resolved[0]
+        expected = (first.num_frames, first.height, first.width, 3)
         if frames.shape[1:] != expected:
             raise RuntimeError(f"pipeline returned frames {frames.shape[1:]}, expected {expected}; validate_params misses a rule")
         return [GenerationResult(f, stats, r) for f, r in zip(frames, resolved)]
@@ -245,7 +261,7 @@ class VideoGenerator:
         return self.resolve_request(request, pab)
 
     def _run(
-        self, batch: list[GenerationParams], config: PABConfig | None, on_step: OnStep | None
+        self, batch: list[GenerationRequest], config: PABConfig | None, on_step: OnStep | None
     ) -> tuple[np.ndarray, GenerationStats]:
         """One pipeline call under the lock: PAB configured and reset, steps timed, stats frozen at the end."""
         config = config or PABConfig.disabled()

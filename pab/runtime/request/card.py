@@ -50,6 +50,8 @@ class ModelCard(BaseModel):
             in guidance scale can share a batch.
         batch_variance: Why requests of this model cannot share a batch without changing their videos (they then
             run one at a time), or None.
+        image_to_video: Whether the pipeline takes a reference image (`image=` in its `__call__`), so requests may
+            carry `input_reference`.
         created: When the card was made (whole seconds).
     """
 
@@ -62,6 +64,7 @@ class ModelCard(BaseModel):
     split: SplitSpec | None = None
     per_sample_guidance: bool = False
     batch_variance: str | None = None
+    image_to_video: bool = False
     created: int
 
     @classmethod
@@ -78,7 +81,8 @@ class ModelCard(BaseModel):
                               cfg_degree=handle.config.cfg_degree)
         return cls(name=name, adapter=adapter, defaults=dict(generator.defaults), geometry=geometry, split=split,
                    per_sample_guidance=bool(getattr(pipeline, "per_sample_guidance", False)),
-                   batch_variance=generator.batch_variance, created=int(time.time()))
+                   batch_variance=generator.batch_variance, image_to_video=generator.image_to_video,
+                   created=int(time.time()))
 
     def pipeline_view(self) -> SimpleNamespace:
         """A stand-in with the attributes `validate_params` reads, so validation needs no weights."""

@@ -12,6 +12,7 @@ from typing import Any, Hashable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pab.runtime.request.conditioning import ReferenceImage
 from pab.runtime.request.params import MAX_SEED, GenerationParams
 
 PAB_FIELD_DOC = (
@@ -41,6 +42,8 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     fps: int | None = Field(None, ge=1, le=120)
     pab: str | dict[str, Any] | None = Field(None, description=PAB_FIELD_DOC)
+    input_reference: ReferenceImage | None = Field(
+        None, description="image-to-video: the image the video starts from, fitted to width x height at the edge")
 
     @field_validator("prompt")
     @classmethod
@@ -61,16 +64,18 @@ class GenerationRequest(BaseModel):
 
     def params(self) -> GenerationParams:
         """The generation parameters (`GenerationParams` re-checks their bounds: an assertion-level check)."""
-        return GenerationParams(**self.model_dump(exclude={"model", "pab"}))
+        return GenerationParams(**self.model_dump(exclude={"model", "pab", "input_reference"}))
 
 
 def batch_key(request: GenerationRequest, *, per_sample_guidance: bool = False) -> Hashable:
     """Requests with equal keys can share one denoising loop: same model, size, frames, steps, PAB schedule and
-    guidance mode (CFG off, on, or below 1). Prompts, negative prompts and seeds may differ, and so may guidance
-    scales when the pipeline takes one per sample (`ModelCard.per_sample_guidance`)."""
+    guidance mode (CFG off, on, or below 1), and conditioning (with a reference image or without). Prompts, negative
+    prompts, seeds and reference images may differ, and so may guidance scales when the pipeline takes one per sample
+    (`ModelCard.per_sample_guidance`)."""
     g = request.guidance_scale
     mode = (g > 1.0, g == 1.0)
     return (
         request.model, request.width, request.height, request.num_frames, request.num_inference_steps,
         json.dumps(request.pab, sort_keys=True), mode if per_sample_guidance else (mode, g),
+        request.input_reference is not None,
     )

@@ -105,6 +105,19 @@ def check_split(card: ModelCard, params: GenerationParams) -> None:
         raise GenerationParamsError(exc.field or "num_frames", str(exc)) from None
 
 
+def check_conditioning(card: ModelCard, request: GenerationRequest) -> None:
+    """A reference image needs an image-to-video pipeline and must already be fitted to the request's size."""
+    reference = request.input_reference
+    if reference is None:
+        return
+    if not card.image_to_video:
+        raise RequestError("input_reference", f"input_reference: model {card.name!r} has no image-to-video pipeline; "
+                           "omit input_reference (see the model table in the README for the families that take one)")
+    if (reference.width, reference.height) != (request.width, request.height):
+        raise RequestError("input_reference", f"input_reference: the image is {reference.width}x{reference.height} "
+                           f"but the request's size is {request.width}x{request.height}; fit it to the size first")
+
+
 def resolve(
     request: GenerationRequest,
     card: ModelCard,
@@ -134,4 +147,5 @@ def resolve(
     params = resolved.params()
     validate_params(card.pipeline_view(), params)
     check_split(card, params)
+    check_conditioning(card, resolved)
     return resolved
