@@ -30,10 +30,11 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.pab-serve-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q "pip==26.3"
+  # constraints.txt pins every transitive package too (pyproject pins only the direct ones)
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
 

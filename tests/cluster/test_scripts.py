@@ -36,10 +36,11 @@ def repo(tmp_path: Path) -> Path:
     (root / "scripts").mkdir(parents=True)
     for name in ("setup.sh", "serve.sh", "test.sh"):
         shutil.copy2(SCRIPTS / name, root / "scripts" / name)
-    shutil.copy2(REPO_ROOT / "pyproject.toml", root / "pyproject.toml")
+    for name in ("pyproject.toml", "constraints.txt"):
+        shutil.copy2(REPO_ROOT / name, root / name)
     venv = root / ".venv" / "bin"
     venv.mkdir(parents=True)
-    digest = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256((root / "pyproject.toml").read_bytes() + (root / "constraints.txt").read_bytes()).hexdigest()
     (root / ".venv" / ".pab-serve-installed").write_text(digest + "\n")
     log = tmp_path / "log"
     for name in ("python", "pab"):
@@ -121,3 +122,18 @@ def test_packages_already_there_are_not_installed_again(repo: Path) -> None:
 def test_setup_refuses_unknown_options(repo: Path) -> None:
     done, _ = _run(repo, "setup.sh", "--serve")
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_constraints_hold_every_direct_pin_at_the_same_version():
+    """`constraints.txt` pins the transitive packages; it must agree with pyproject's own pins, or pip fails."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    direct = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    lines = [line for line in (REPO_ROOT / "constraints.txt").read_text().splitlines() if line and line[0] != "#"]
+    pinned = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for line in lines}
+    assert all("==" in line for line in lines)
+    for spec in direct:
+        name, version = spec.split("==")
+        name = name.split("[")[0].lower().replace("_", "-")
+        assert pinned.get(name) == version, f"{spec} vs constraints.txt {pinned.get(name)}"
