@@ -11,7 +11,7 @@ a YAML document embedded in a string. The rendered files are checked in, so user
 Layout written:
     k8s/cpu/         RayService running the tiny model on CPU (kind, minikube), kustomization.yaml
     k8s/gpu/         RayService with a GPU worker group (8 GPUs per pod = one sp=8 replica), output PVC
-    k8s/monitoring/  PodMonitors for head and workers, the Grafana dashboard ConfigMap
+    k8s/monitoring/  PodMonitors for head and workers, the Grafana dashboard ConfigMap, the alert rules
     cluster/serve-gpu.yaml  the GPU serve config on its own, for VMs (cluster/ray-cluster-aws-gpu.yaml)
 """
 
@@ -30,6 +30,7 @@ K8S_DIR = Path(__file__).resolve().parent
 REPO = K8S_DIR.parent
 SERVE_CONFIG = REPO / "serve_app" / "configs" / "serve_cpu.yaml"
 DASHBOARD = REPO / "cluster" / "grafana" / "pab-serve-dashboard.json"
+ALERTS = REPO / "cluster" / "pab-alerts.yml"
 
 RAY_VERSION = "2.60.0"
 APP_LABEL = {"app.kubernetes.io/name": "pab-serve"}
@@ -306,6 +307,18 @@ def dashboard_configmap() -> dict[str, Any]:
     }
 
 
+def alert_rules() -> dict[str, Any]:
+    """cluster/pab-alerts.yml as a PrometheusRule, the form kube-prometheus-stack's Prometheus loads rules in."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        # selected like the PodMonitors: kube-prometheus-stack's ruleSelector matches its Helm release name
+        "metadata": {"name": "pab-serve-alerts", "labels": {**APP_LABEL, "release": "prometheus"}},
+        "spec": {"groups": groups},
+    }
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (the serve config, the dashboard JSON) as readable `|` blocks."""
 
@@ -342,8 +355,9 @@ def render() -> dict[str, str]:
         files[f"k8s/{variant.name}/kustomization.yaml"] = _kustomization(resources)
     files["k8s/monitoring/podmonitors.yaml"] = _dump([_pod_monitor("head"), _pod_monitor("worker")])
     files["k8s/monitoring/grafana-dashboard-configmap.yaml"] = _dump([dashboard_configmap()])
+    files["k8s/monitoring/prometheusrule.yaml"] = _dump([alert_rules()])
     files["k8s/monitoring/kustomization.yaml"] = _kustomization(
-        ["podmonitors.yaml", "grafana-dashboard-configmap.yaml"]
+        ["podmonitors.yaml", "grafana-dashboard-configmap.yaml", "prometheusrule.yaml"]
     )
     # The GPU app for VMs (cluster/ray-cluster-aws-gpu.yaml): the same serve config as the GPU RayService.
     (gpu,) = [v for v in VARIANTS if v.name == "gpu"]

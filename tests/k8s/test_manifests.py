@@ -186,10 +186,19 @@ def test_a_generator_replica_fits_one_worker_pod_and_autoscaling_can_reach_max(v
 
 
 def test_dashboard_configmap_embeds_the_exact_dashboard_json() -> None:
-    (configmap,) = _kustomize("monitoring")[2:]
+    (configmap,) = [d for d in _kustomize("monitoring") if d["kind"] == "ConfigMap"]
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = REPO / "cluster" / "grafana" / "pab-serve-dashboard.json"
     assert configmap["data"] == {dashboard.name: dashboard.read_text()}
+
+
+def test_prometheus_rule_carries_the_alert_file_and_is_selected_like_the_pod_monitors() -> None:
+    docs = _kustomize("monitoring")
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = yaml.safe_load((REPO / "cluster" / "pab-alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"] and alerts["groups"]
+    release = {m["metadata"]["labels"]["release"] for m in docs if m["kind"] == "PodMonitor"}
+    assert {rule["metadata"]["labels"]["release"]} == release
 
 
 def test_pod_monitors_select_the_ray_pods_and_name_their_ports() -> None:
