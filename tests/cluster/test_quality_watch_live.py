@@ -15,7 +15,7 @@ import json
 import math
 import time
 import urllib.request
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
