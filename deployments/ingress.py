@@ -15,12 +15,13 @@ import secrets
 import time
 from typing import Annotated, Any, Iterator, Literal
 
-from fastapi import FastAPI, Query, Request, UploadFile
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -104,6 +105,8 @@ def _request_errors(frames_from_seconds: bool = False) -> Iterator[None]:
     """Resolver and model errors as 4xx naming the field the client sent."""
     try:
         yield
+    except APIError:  # already the client's answer (an InvalidRequestError is also a ValueError)
+        raise
     except ValidationError as exc:
         raise _from_pydantic(exc.errors()) from None
     except RequestError as exc:

@@ -129,8 +129,9 @@ def decode(data: bytes, config: ReferenceConfig) -> np.ndarray:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
                 return flatten(upright)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _pixels_error(None, config) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL's check at open
+            raise _bad(f"the image declares too many pixels, over the limit of {config.max_pixels} pixels "
+                       f"(references.max_pixels): {exc}", code="image_too_large") from None
         except InvalidRequestError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's errors for truncated or corrupt files
@@ -143,10 +144,9 @@ def check_pixels(size: tuple[int, int], config: ReferenceConfig) -> None:
         raise _pixels_error(size, config)
 
 
-def _pixels_error(size: tuple[int, int] | None, config: ReferenceConfig) -> InvalidRequestError:
-    declared = f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size else "too many pixels"
-    return _bad(f"the image declares {declared}, over the limit of {config.max_pixels} pixels "
-                "(references.max_pixels)", code="image_too_large")
+def _pixels_error(size: tuple[int, int], config: ReferenceConfig) -> InvalidRequestError:
+    return _bad(f"the image declares {size[0]}x{size[1]} = {size[0] * size[1]} pixels, over the limit of "
+                f"{config.max_pixels} pixels (references.max_pixels)", code="image_too_large")
 
 
 def flatten(image: Image.Image) -> np.ndarray:
