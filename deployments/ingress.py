@@ -124,8 +124,8 @@ def _from_pydantic(errors: Any) -> APIError:
 
 
 async def _read_body(request: Request, max_upload_bytes: int) -> dict[str, Any]:
-    """The create body, from JSON or the multipart form the openai SDK sends, as a plain dict of fields; a file part
-    (`input_reference`) becomes its bytes, of which at most `max_upload_bytes` + 1 are read."""
+    """A create (or remix) body, from JSON or the multipart form the openai SDK sends, as a plain dict of fields; a
+    file part (`input_reference`) becomes its bytes, of which at most `max_upload_bytes` + 1 are read."""
     if check_content_type(request.headers.get("content-type")) == FORM_TYPE:
         form = await request.form()
         items = [(k, await v.read(max_upload_bytes + 1) if isinstance(v, UploadFile) else v)
@@ -256,10 +256,7 @@ class VideoIngress:
         """A new job editing a completed video (SDEdit) with a new prompt: same size, frames, steps and seed."""
         tenant = self._authorize(request)
         source = self._record(video_id, tenant)
-        if check_content_type(request.headers.get("content-type")) == FORM_TYPE:
-            body = form_fields((await request.form()).multi_items())
-        else:
-            body = parse_json(await request.body())
+        body = await _read_body(request, self._config.references.max_bytes)
         try:
             remix = VideoRemixBody.model_validate(body)
         except ValidationError as exc:
