@@ -9,10 +9,11 @@ ingress replica answers for any job.
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures of the Serve ingress class at runtime.
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,12 +21,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pab.runtime.request.api import request_fields
 from pab.runtime.request.params import RequestError
-from pab.runtime.request.resolve import resolve
+from pab.runtime.request.conditioning import SourceVideo
+from pab.runtime.request.resolve import check_conditioning, refuse_reference, resolve
 from pab.runtime.video import MIME_TYPES
 from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
@@ -35,8 +38,10 @@ from serve_app.http_body import FORM_TYPE, check_content_type, form_fields, pars
 from serve_app.openapi import CONTENT_RESPONSE, HEALTH_RESPONSES, describe, errors
 from serve_app.quality import PresetChooser
 from serve_app.retention import RetentionSweeper
+from serve_app.references import reference_bytes, reference_image
 from serve_app.schemas import (
     CONTENT_FORMATS, GenerationRequest, Model, ModelList, Video, VideoCreateBody, VideoDeleted, VideoList,
+    VideoRemixBody,
 )
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from serve_app.videos import video_object
@@ -95,6 +100,21 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, error)
 
 
+@contextlib.contextmanager
+def _request_errors(frames_from_seconds: bool = False) -> Iterator[None]:
+    """Resolver and model errors as 4xx naming the field the client sent."""
+    try:
+        yield
+    except APIError:  # already the client's answer (an InvalidRequestError is also a ValueError)
+        raise
+    except ValidationError as exc:
+        raise _from_pydantic(exc.errors()) from None
+    except RequestError as exc:
+        raise from_request_error(exc, frames_from_seconds=frames_from_seconds) from None
+    except ValueError as exc:  # an unreadable size
+        raise invalid(str(exc), param="size") from None
+
+
 def _from_pydantic(errors: Any) -> APIError:
     """The first pydantic error as a 400 naming the field."""
     first = errors[0]
@@ -103,11 +123,14 @@ def _from_pydantic(errors: Any) -> APIError:
     return invalid(f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid value')}", param=param)
 
 
-async def _read_body(request: Request) -> dict[str, Any]:
-    """The create body, from JSON or the multipart form the openai SDK sends, as a plain dict of fields."""
+async def _read_body(request: Request, max_upload_bytes: int) -> dict[str, Any]:
+    """A create (or remix) body, from JSON or the multipart form the openai SDK sends, as a plain dict of fields; a
+    file part (`input_reference`) becomes its bytes, of which at most `max_upload_bytes` + 1 are read."""
     if check_content_type(request.headers.get("content-type")) == FORM_TYPE:
         form = await request.form()
-        return form_fields(form.multi_items())
+        items = [(k, await v.read(max_upload_bytes + 1) if isinstance(v, UploadFile) else v)
+                 for k, v in form.multi_items()]
+        return form_fields(items)
     return parse_json(await request.body())
 
 
@@ -150,23 +173,55 @@ class VideoIngress:
         return record
 
     def _resolve(self, create: VideoCreateBody) -> GenerationRequest:
-        """The body as a fully resolved `GenerationRequest`, or a 4xx naming the field the client sent."""
+        """The body as a fully resolved `GenerationRequest`, or a 4xx naming the field the client sent. A reference
+        image is read, checked and fitted after the size is resolved (defaults filled), then checked again with it."""
         card = self._cards.get()
-        if create.input_reference is not None:
-            raise invalid("input_reference: image-to-video is not supported by this server; omit input_reference",
-                          param="input_reference", code="unsupported_parameter")
-        body = create.model_dump()
-        try:
+        body = create.model_dump(exclude={"input_reference"})
+        with _request_errors(frames_from_seconds=create.frames is None and create.seconds is not None):
+            if create.input_reference is not None:
+                refuse_reference(card)  # before anything is fetched or decoded
             fields = request_fields(body, lambda s, fps: card.frames_for_seconds(s, fps or card.defaults["fps"]))
-            request = GenerationRequest(**fields)
+            request = resolve(GenerationRequest(**fields), card, default_pab=self._presets.default_preset(),
+                              limits=self._config.limits)
+            if create.input_reference is None:
+                return request
+            data = reference_bytes(create.input_reference, self._config.references)
+            image = reference_image(data, request.width, request.height, self._config.references)
+            request = request.model_copy(update={"input_reference": image})
+            check_conditioning(card, request)
+            return request
+
+    def _remix_request(self, source: JobRecord, state: JobState, remix: VideoRemixBody) -> GenerationRequest:
+        """The source's resolved request with the new prompt and its exact frames to edit (`SourceVideo`)."""
+        if state.status != "completed":
+            raise APIError(409, f"video {source.id!r} is {state.status}; only a completed video can be remixed",
+                           param="video_id", code="video_not_ready")
+        png = self._store.frames(source.id)
+        if png is None:
+            raise APIError(409, f"video {source.id!r} has no lossless frames stored (it finished before this server "
+                           "kept them); generate it again to remix it", param="video_id", code="video_not_remixable")
+        card = self._cards.get()
+        old = source.request
+        with _request_errors():
+            strength = {"strength": remix.strength} if remix.strength is not None else {}
+            video = SourceVideo.from_png(source.id, png, old.num_frames, **strength)
+            request = old.model_copy(update={"prompt": remix.prompt, "input_reference": None, "remix": video})
+            request = GenerationRequest.model_validate(request.model_dump())  # the new prompt's own checks
             return resolve(request, card, default_pab=self._presets.default_preset(), limits=self._config.limits)
-        except ValidationError as exc:
-            raise _from_pydantic(exc.errors()) from None
-        except RequestError as exc:
-            sent_seconds = create.frames is None and create.seconds is not None
-            raise from_request_error(exc, frames_from_seconds=sent_seconds) from None
-        except ValueError as exc:  # an unreadable size
-            raise invalid(str(exc), param="size") from None
+
+    async def _accept(self, resolved: GenerationRequest, tenant: str | None) -> JSONResponse:
+        """Queue limits, then the job record (the ingress's only write of it), then dispatch."""
+        self._check_queue(tenant)
+        submitted = time.time()
+        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved,
+                           tenant=tenant)
+        self._dispatcher.admitting += 1  # holds the queue slot across the await, so a burst cannot overshoot
+        try:
+            await asyncio.to_thread(self._store.create, record)
+        finally:
+            self._dispatcher.admitting -= 1
+        self._dispatcher.dispatch(record.id, tenant)
+        return self._video_response(record, JobState())
 
     # ---- routes ----------------------------------------------------------------------------------------------
     @app.get("/health", responses=HEALTH_RESPONSES)
@@ -188,23 +243,27 @@ class VideoIngress:
     @app.post("/v1/videos", response_model=Video, responses=errors(400, 401, 404, 415, 429, 503))
     async def create_video(self, request: Request) -> JSONResponse:
         tenant = self._authorize(request)
-        body = await _read_body(request)
+        body = await _read_body(request, self._config.references.max_bytes)
         try:
             create = VideoCreateBody.model_validate(body)
         except ValidationError as exc:
             raise _from_pydantic(exc.errors()) from None
-        resolved = self._resolve(create)
-        self._check_queue(tenant)
-        submitted = time.time()
-        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved,
-                           tenant=tenant)
-        self._dispatcher.admitting += 1  # holds the queue slot across the await, so a burst cannot overshoot
+        resolved = await asyncio.to_thread(self._resolve, create)  # a reference may be fetched and decoded
+        return await self._accept(resolved, tenant)
+
+    @app.post("/v1/videos/{video_id}/remix", response_model=Video, responses=errors(400, 401, 404, 409, 415, 429, 503))
+    async def remix_video(self, request: Request, video_id: str) -> JSONResponse:
+        """A new job editing a completed video (SDEdit) with a new prompt: same size, frames, steps and seed."""
+        tenant = self._authorize(request)
+        source = self._record(video_id, tenant)
+        body = await _read_body(request, self._config.references.max_bytes)
         try:
-            await asyncio.to_thread(self._store.create, record)
-        finally:
-            self._dispatcher.admitting -= 1
-        self._dispatcher.dispatch(record.id, tenant)
-        return self._video_response(record, JobState())
+            remix = VideoRemixBody.model_validate(body)
+        except ValidationError as exc:
+            raise _from_pydantic(exc.errors()) from None
+        state = self._store.state(source.id)
+        resolved = await asyncio.to_thread(self._remix_request, source, state, remix)
+        return await self._accept(resolved, tenant)
 
     def _check_queue(self, tenant: str | None) -> None:
         """Back-pressure: 429 + Retry-After before a job exists once this replica holds `queue.max_jobs` jobs, or

@@ -127,6 +127,8 @@ class JobRunner:
             return "deleted"
         for variant in CONTENT_FORMATS:
             await asyncio.to_thread(self._store.put_content, job_id, variant, response.content(variant))
+        if response.frames:
+            await asyncio.to_thread(self._store.put_frames, job_id, response.frames)
         stats = response.stats.with_timings(queue_wait_s=(job.started_at or job.queued_at) - record.submitted_at,
                                             total_s=time.time() - record.submitted_at)
         return await self._finish(record, writes, "completed", stats=stats, frames=record.request.num_frames)

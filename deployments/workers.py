@@ -185,16 +185,18 @@ class GenerationWorker:
             return list(pool.map(self._encode, results))
 
     def _encode(self, result: Any) -> GenerationResponse:
-        """One video of the batch as mp4 + thumbnail + spritesheet, with its stats."""
+        """One video of the batch as mp4 + thumbnail + spritesheet + its lossless frames, with its stats."""
+        from pab.runtime.request.conditioning import encode_frames
         from pab.runtime.video import encode_spritesheet, encode_thumbnail, encode_video
 
         start = time.perf_counter()
         video = encode_video(result.frames, fps=result.request.fps, fmt=CONTENT_FORMATS["video"])
         thumbnail = encode_thumbnail(result.frames, CONTENT_FORMATS["thumbnail"])
         spritesheet = encode_spritesheet(result.frames, CONTENT_FORMATS["spritesheet"])
+        frames = encode_frames(result.frames)
         stats = result.stats.with_timings(encode_s=time.perf_counter() - start)
         return GenerationResponse(model=self.config.model_name, video=video, thumbnail=thumbnail,
-                                  spritesheet=spritesheet, request=result.request, stats=stats)
+                                  spritesheet=spritesheet, frames=frames, request=result.request, stats=stats)
 
     def measure_quality(self, batch: Sequence[GenerationRequest], probe_pab: dict[str, Any] | None) -> dict | None:
         """The quality watch's re-run of one served request with PAB off (`deployments.quality_probe.measure`);

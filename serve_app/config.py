@@ -40,6 +40,23 @@ class LimitsConfig(_Section):
     max_prompt_chars: int = Field(4000, ge=1)
 
 
+class ReferenceConfig(_Section):
+    r"""
+    What `input_reference` (image-to-video) may be (`serve_app.references`, checked at POST before a job exists).
+
+    Uploads and data URLs are always read; a remote `http(s)` URL only when `allowed_url_hosts` names its host
+    (exactly, e.g. `images.example.com`; no wildcards), and then fetched once, without following redirects, with
+    `fetch_timeout_s` and at most `max_bytes` read. `max_pixels` bounds width x height as the image header declares
+    it, before anything is decoded (so a small file claiming 30000 x 30000 pixels is refused unread).
+    """
+
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted (bytes)")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="largest width x height an image header may declare")
+    allowed_url_hosts: list[str] = Field(
+        default_factory=list, description="hosts whose http(s) image URLs are fetched; empty: remote URLs refused")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="timeout of one remote image fetch (connect and read)")
+
+
 class StorageConfig(_Section):
     r"""
     Where job records and finished videos live: a local directory (default `~/.cache/pab-serve/store`), or any
@@ -194,6 +211,8 @@ class AppConfig(BaseModel):
             `autoscaling_config` is Serve's, on top of video defaults (`deployments.autoscaling`: target 1 ongoing
             request, quick upscale, slow downscale).
         queue: Back-pressure (`QueueConfig`): 429 + Retry-After past `max_jobs` jobs per ingress replica.
+        references: What an `input_reference` image may be: byte and pixel limits, the remote hosts allowed
+            (`ReferenceConfig`).
         engine: Batching and re-runs of the generator replicas' engines (`EngineConfig`).
         health_check_period_s: How often Serve asks a generator replica whether its workers are alive.
         poll_after_ms, min_poll_after_ms: Bounds of the `openai-poll-after-ms` hint on unfinished jobs. Within them
@@ -259,6 +278,7 @@ class AppConfig(BaseModel):
     allow_unauthenticated_public: bool = False
 
     limits: LimitsConfig = LimitsConfig()
+    references: ReferenceConfig = ReferenceConfig()
     storage: StorageConfig = StorageConfig()
     queue: QueueConfig = QueueConfig()
     engine: EngineConfig = EngineConfig()

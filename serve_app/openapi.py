@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from pab.runtime.video import MIME_TYPES
 
-from .schemas import CONTENT_FORMATS, VideoCreateBody
+from .schemas import CONTENT_FORMATS, VideoCreateBody, VideoRemixBody
 
 CONTENT_MEDIA_TYPES = [MIME_TYPES[fmt] for fmt in CONTENT_FORMATS.values()]
 
@@ -35,7 +35,7 @@ _MEANINGS = {
     401: "missing or wrong API key",
     404: "no such video (or another tenant's)",
     405: "method not allowed",
-    409: "the video is not completed yet",
+    409: "the video is not completed yet (or, for a remix, has no stored frames)",
     415: "the body is neither application/json nor multipart/form-data",
     429: "the job queue (or the tenant's share of it) is full; retry after Retry-After seconds",
     500: "a server bug: the message gives the request id under which it was logged",
@@ -67,10 +67,13 @@ CONTENT_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 def _form_schema(json_schema: dict[str, Any]) -> dict[str, Any]:
     """The create body as the SDK's multipart form: every field a string part (numbers as text); `pab` a preset
-    name or a JSON object as text (the SDK's bracket fields `pab[spatial][range]` are read too)."""
+    name or a JSON object as text (the SDK's bracket fields `pab[spatial][range]` are read too); `input_reference`
+    a file part (or the bracket field `input_reference[image_url]`)."""
     props = {}
     for name, spec in json_schema["properties"].items():
         props[name] = {"type": "string", "description": spec.get("description", name)}
+        if name == "input_reference":
+            props[name]["format"] = "binary"
     return {"type": "object", "properties": props, "required": json_schema.get("required", []),
             "additionalProperties": False}
 
@@ -88,6 +91,8 @@ def describe(app: FastAPI) -> None:
         body = VideoCreateBody.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=False)
         schemas.update(body.pop("$defs", {}))
         schemas["VideoCreateBody"] = body
+        remix = VideoRemixBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas["VideoRemixBody"] = remix
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
                 operation.get("responses", {}).pop("422", None)
@@ -97,6 +102,11 @@ def describe(app: FastAPI) -> None:
                     operation["requestBody"] = {"required": True, "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/VideoCreateBody"}},
                         "multipart/form-data": {"schema": _form_schema(body)},
+                    }}
+                if path == "/v1/videos/{video_id}/remix" and method == "post":
+                    operation["requestBody"] = {"required": True, "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/VideoRemixBody"}},
+                        "multipart/form-data": {"schema": _form_schema(remix)},
                     }}
         spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
                                                             "description": "Authorization: Bearer <API key>"}}

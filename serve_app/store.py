@@ -6,6 +6,7 @@ Layout under the root, one folder per job so a delete is one recursive remove:
     videos/<id>/state.json     status and progress (`JobState`): the generator and its rank-0 worker write it while
                                the job runs; the ingress writes it only to record a failure the generator could not
     videos/<id>/video.mp4, thumbnail.webp, spritesheet.jpeg
+    videos/<id>/frames.png     the exact uint8 frames, stacked top to bottom (lossless): what a remix of it edits
     models/<name>.json         the served model's card, published by each generator replica as it starts
     quarantine/<id>/           bad records moved aside by `pab store check --quarantine`
 
@@ -48,6 +49,7 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 DEFAULT_TENANT = "default"
 """The tenant of the single-key mode (`api_key` / `api_key_env`), and the owner of records written without one."""
 STORE_CORRUPT = "store_corrupt"
+FRAMES_FILE = "frames.png"
 _ID_PREFIX = "video_"
 _ID_TIME_DIGITS = 13
 _MISSING_REQUEST_GRACE_S = 60.0  # a job folder this young may be one whose request.json is being written
@@ -343,6 +345,13 @@ class JobStore:
 
     def content(self, job_id: str, variant: str) -> bytes | None:
         return self._read(self._path(job_id, f"{variant}.{CONTENT_FORMATS[variant]}"))
+
+    def put_frames(self, job_id: str, png: bytes) -> None:
+        """The finished video's exact frames (`conditioning.encode_frames`), written before `completed`."""
+        self._write(self._path(job_id, FRAMES_FILE), png)
+
+    def frames(self, job_id: str) -> bytes | None:
+        return self._read(self._path(job_id, FRAMES_FILE))
 
     def delete(self, job_id: str) -> bool:
         if not self.exists(job_id):

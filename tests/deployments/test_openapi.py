@@ -33,6 +33,23 @@ def test_the_create_body_is_described_as_json_and_as_the_sdks_multipart_form():
     assert set(form["properties"]) == set(schema["properties"])
 
 
+def test_input_reference_and_remix_are_described():
+    spec = _spec()
+    schemas = spec["components"]["schemas"]
+    reference = schemas["VideoCreateBody"]["properties"]["input_reference"]
+    assert [alt.get("type") for alt in reference["anyOf"]] == ["string", "object", "null"]
+    assert reference["anyOf"][1]["required"] == ["image_url"] and "centre-cropped" in reference["description"]
+    form = spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["input_reference"]["format"] == "binary"  # the SDK's file part
+    remix = spec["paths"]["/v1/videos/{video_id}/remix"]["post"]
+    assert remix["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/VideoRemixBody")
+    assert schemas["VideoRemixBody"]["required"] == ["prompt"]
+    assert set(schemas["VideoRemixBody"]["properties"]) == {"prompt", "strength"}
+    assert {"400", "404", "409", "429"} <= set(remix["responses"])
+    video = schemas["Video"]["properties"]
+    assert {"remixed_from_video_id", "input_reference_sha256"} <= set(video)
+
+
 def test_statuses_are_the_ones_the_server_sends_with_the_error_shape():
     spec = _spec()
     seen = set()

@@ -98,6 +98,10 @@ def _call_kwargs(pipeline: DiffusionPipeline, requests: Sequence[GenerationReque
     if references[0] is not None:  # `batch_key` keeps conditioned and unconditioned requests apart
         images = [ref.pil() for ref in references]
         kwargs["image"] = images if len(images) > 1 else images[0]
+    sources = [getattr(r, "remix", None) for r in requests]
+    if sources[0] is not None:  # `batch_key` keeps one strength per batch
+        videos = [source.pil_frames() for source in sources]
+        kwargs["video"], kwargs["strength"] = videos if len(videos) > 1 else videos[0], sources[0].strength
     kwargs.update(fixed_call_kwargs(pipeline))
     return kwargs
 
@@ -105,6 +109,13 @@ def _call_kwargs(pipeline: DiffusionPipeline, requests: Sequence[GenerationReque
 def takes_reference_image(pipeline: DiffusionPipeline) -> bool:
     """Whether the pipeline's `__call__` takes `image=` (diffusers' image-to-video pipelines and tiny-shapes do)."""
     return "image" in inspect.signature(pipeline.__call__).parameters
+
+
+def takes_source_video(pipeline: DiffusionPipeline) -> bool:
+    """Whether the pipeline's `__call__` edits a video (`video=` and `strength=`, as diffusers' video-to-video
+    pipelines and tiny-shapes)."""
+    accepted = inspect.signature(pipeline.__call__).parameters
+    return "video" in accepted and "strength" in accepted
 
 
 def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -187,6 +198,11 @@ class VideoGenerator:
     def image_to_video(self) -> bool:
         """Whether requests may carry a reference image (`input_reference`)."""
         return takes_reference_image(self.pipeline)
+
+    @property
+    def remix(self) -> bool:
+        """Whether requests may carry a source video to edit (`remix`)."""
+        return takes_source_video(self.pipeline)
 
     @property
     def card(self) -> ModelCard:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-API_NAMES: dict[str, str] = {"num_frames": "frames", "height": "size", "width": "size", "num_inference_steps": "steps"}
+API_NAMES: dict[str, str] = {"num_frames": "frames", "height": "size", "width": "size", "num_inference_steps": "steps",
+                             "remix": "video_id"}
 """Internal field -> the API field that carries it (fields absent here have the same name on both sides)."""
 
 API_ALIASES: dict[str, tuple[str, ...]] = {
@@ -75,4 +76,6 @@ def video_fields(request: Any) -> dict[str, Any]:
         "seed": request.seed,
         "steps": request.num_inference_steps,
         "pab": request.pab,
+        "input_reference_sha256": request.input_reference.sha256 if request.input_reference is not None else None,
+        "remixed_from_video_id": request.remix.video_id if request.remix is not None else None,
     }

@@ -52,6 +52,8 @@ class ModelCard(BaseModel):
             run one at a time), or None.
         image_to_video: Whether the pipeline takes a reference image (`image=` in its `__call__`), so requests may
             carry `input_reference`.
+        remix: Whether the pipeline edits a video (`video=` and `strength=` in its `__call__`, as diffusers'
+            video-to-video pipelines), so finished videos can be remixed.
         created: When the card was made (whole seconds).
     """
 
@@ -65,6 +67,7 @@ class ModelCard(BaseModel):
     per_sample_guidance: bool = False
     batch_variance: str | None = None
     image_to_video: bool = False
+    remix: bool = False
     created: int
 
     @classmethod
@@ -82,7 +85,7 @@ class ModelCard(BaseModel):
         return cls(name=name, adapter=adapter, defaults=dict(generator.defaults), geometry=geometry, split=split,
                    per_sample_guidance=bool(getattr(pipeline, "per_sample_guidance", False)),
                    batch_variance=generator.batch_variance, image_to_video=generator.image_to_video,
-                   created=int(time.time()))
+                   remix=generator.remix,                   created=int(time.time()))
 
     def pipeline_view(self) -> SimpleNamespace:
         """A stand-in with the attributes `validate_params` reads, so validation needs no weights."""

@@ -1,8 +1,11 @@
-"""Pixels a client conditions a generation on: a reference image the video starts from (image-to-video).
+"""Pixels a client conditions a generation on: a reference image the video starts from (image-to-video), or the
+frames of a finished video a remix edits (video-to-video).
 
 The serving edge decodes, checks and fits the client's upload to the request's size once; what travels inward (to
 the store, the workers and `VideoGenerator`) is this typed value, PNG-encoded so a re-run sees exactly the same
-pixels. Torch-free (PIL + numpy), so the ingress builds it.
+pixels. A remix's source frames are the source job's exact uint8 frames (its `frames.png` in the store, never the
+lossy mp4), copied into the remix's request when it is accepted, so the remix replays even after its source expired.
+Torch-free (PIL + numpy), so the ingress builds them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,37 @@ import io
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes (lossless, deterministic)."""
+    array = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected uint8 [H, W, 3], got shape {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="RGB").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def encode_frames(frames: np.ndarray) -> bytes:
+    """uint8 [F, H, W, 3] -> one PNG with the frames stacked top to bottom (what the store keeps as `frames.png`)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4:
+        raise ValueError(f"expected uint8 [F, H, W, 3], got shape {frames.shape}")
+    return encode_png(frames.reshape(-1, *frames.shape[2:]))
+
+
+def decode_frames(png: bytes, num_frames: int) -> np.ndarray:
+    """`encode_frames`' PNG -> uint8 [F, H, W, 3]."""
+    strip = decode_png(png)
+    if strip.shape[0] % num_frames:
+        raise ValueError(f"a {strip.shape[0]}-row frame strip does not split into {num_frames} frames")
+    return strip.reshape(num_frames, -1, *strip.shape[1:])
 
 
 class ReferenceImage(BaseModel):
@@ -41,19 +75,64 @@ class ReferenceImage(BaseModel):
     @classmethod
     def from_rgb(cls, rgb: np.ndarray) -> "ReferenceImage":
         """uint8 [H, W, 3] -> a reference image."""
-        array = np.ascontiguousarray(rgb, dtype=np.uint8)
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"expected uint8 [H, W, 3], got shape {array.shape}")
-        buffer = io.BytesIO()
-        Image.fromarray(array, mode="RGB").save(buffer, format="PNG", optimize=False)
-        png = buffer.getvalue()
-        return cls(png=png, width=array.shape[1], height=array.shape[0], sha256=hashlib.sha256(png).hexdigest())
+        png = encode_png(rgb)
+        return cls(png=png, width=rgb.shape[1], height=rgb.shape[0], sha256=hashlib.sha256(png).hexdigest())
 
     def rgb(self) -> np.ndarray:
         """The pixels, uint8 [H, W, 3]."""
-        return np.asarray(self.pil(), dtype=np.uint8)
+        return decode_png(self.png)
 
     def pil(self) -> Image.Image:
         """The image as a PIL RGB image (what diffusers' image-to-video pipelines take as `image`)."""
         with Image.open(io.BytesIO(self.png)) as image:
             return image.convert("RGB")
+
+
+DEFAULT_STRENGTH = 0.8
+"""Remix strength when the client names none: the fraction of the denoising steps re-run from the source noised to
+that level. On tiny-shapes, 0.7 and up turn "red" into "blue" on every measured seed and keep the motion (QUALITY.md);
+diffusers' CogVideoX video-to-video pipeline defaults to 0.8 too."""
+
+
+class SourceVideo(BaseModel):
+    r"""
+    What a remix edits: the source job's exact frames and how strongly to change them (SDEdit).
+
+    Args:
+        video_id: The source job (the Video's `remixed_from_video_id`).
+        png: Its uint8 frames, stacked top to bottom in one PNG (`encode_frames`; lossless).
+        width, height, num_frames: Their size; `resolve` checks they equal the request's.
+        sha256: Hex digest of `png`.
+        strength: In (0, 1]: 1 ignores the source (text-to-video from the seed), smaller keeps more of it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    video_id: str = Field(max_length=64)
+    png: bytes = Field(repr=False)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    num_frames: int = Field(ge=1)
+    sha256: str
+    strength: float = Field(DEFAULT_STRENGTH, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _digest_matches(self) -> "SourceVideo":
+        if hashlib.sha256(self.png).hexdigest() != self.sha256:
+            raise ValueError("sha256 does not match the PNG bytes")
+        return self
+
+    @classmethod
+    def from_png(cls, video_id: str, png: bytes, num_frames: int, strength: float = DEFAULT_STRENGTH) -> "SourceVideo":
+        """A source from the store's `frames.png` of a job with `num_frames` frames."""
+        frames = decode_frames(png, num_frames)
+        return cls(video_id=video_id, png=png, width=frames.shape[2], height=frames.shape[1], num_frames=num_frames,
+                   sha256=hashlib.sha256(png).hexdigest(), strength=strength)
+
+    def frames(self) -> np.ndarray:
+        """uint8 [F, H, W, 3]."""
+        return decode_frames(self.png, self.num_frames)
+
+    def pil_frames(self) -> list[Image.Image]:
+        """The frames as PIL RGB images (what diffusers' video-to-video pipelines take as `video`)."""
+        return [Image.fromarray(f, mode="RGB") for f in self.frames()]

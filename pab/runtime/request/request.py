@@ -12,7 +12,7 @@ from typing import Any, Hashable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pab.runtime.request.conditioning import ReferenceImage
+from pab.runtime.request.conditioning import ReferenceImage, SourceVideo
 from pab.runtime.request.params import MAX_SEED, GenerationParams
 
 PAB_FIELD_DOC = (
@@ -44,6 +44,8 @@ class GenerationRequest(BaseModel):
     pab: str | dict[str, Any] | None = Field(None, description=PAB_FIELD_DOC)
     input_reference: ReferenceImage | None = Field(
         None, description="image-to-video: the image the video starts from, fitted to width x height at the edge")
+    remix: SourceVideo | None = Field(
+        None, description="video-to-video: the finished video this one edits (its exact frames) and the strength")
 
     @field_validator("prompt")
     @classmethod
@@ -64,18 +66,18 @@ class GenerationRequest(BaseModel):
 
     def params(self) -> GenerationParams:
         """The generation parameters (`GenerationParams` re-checks their bounds: an assertion-level check)."""
-        return GenerationParams(**self.model_dump(exclude={"model", "pab", "input_reference"}))
+        return GenerationParams(**self.model_dump(exclude={"model", "pab", "input_reference", "remix"}))
 
 
 def batch_key(request: GenerationRequest, *, per_sample_guidance: bool = False) -> Hashable:
     """Requests with equal keys can share one denoising loop: same model, size, frames, steps, PAB schedule and
-    guidance mode (CFG off, on, or below 1), and conditioning (with a reference image or without). Prompts, negative
-    prompts, seeds and reference images may differ, and so may guidance scales when the pipeline takes one per sample
+    guidance mode (CFG off, on, or below 1), and conditioning (a reference image, a remix at one strength, or
+    neither). Prompts, negative prompts, seeds, reference images and remix sources may differ, and so may guidance scales when the pipeline takes one per sample
     (`ModelCard.per_sample_guidance`)."""
     g = request.guidance_scale
     mode = (g > 1.0, g == 1.0)
     return (
         request.model, request.width, request.height, request.num_frames, request.num_inference_steps,
         json.dumps(request.pab, sort_keys=True), mode if per_sample_guidance else (mode, g),
-        request.input_reference is not None,
+        request.input_reference is not None, request.remix.strength if request.remix is not None else None,
     )

@@ -105,17 +105,33 @@ def check_split(card: ModelCard, params: GenerationParams) -> None:
         raise GenerationParamsError(exc.field or "num_frames", str(exc)) from None
 
 
-def check_conditioning(card: ModelCard, request: GenerationRequest) -> None:
-    """A reference image needs an image-to-video pipeline and must already be fitted to the request's size."""
-    reference = request.input_reference
-    if reference is None:
-        return
+def refuse_reference(card: ModelCard) -> None:
+    """The 400 for a reference image sent to a model without an image-to-video pipeline (the edge asks before it
+    fetches or decodes anything)."""
     if not card.image_to_video:
         raise RequestError("input_reference", f"input_reference: model {card.name!r} has no image-to-video pipeline; "
                            "omit input_reference (see the model table in the README for the families that take one)")
-    if (reference.width, reference.height) != (request.width, request.height):
-        raise RequestError("input_reference", f"input_reference: the image is {reference.width}x{reference.height} "
-                           f"but the request's size is {request.width}x{request.height}; fit it to the size first")
+
+
+def check_conditioning(card: ModelCard, request: GenerationRequest) -> None:
+    """A reference image needs an image-to-video pipeline, a remix a video-to-video one; either must already have
+    the request's size (and frames), and one request carries at most one of them."""
+    reference, source = request.input_reference, request.remix
+    if reference is not None and source is not None:
+        raise RequestError("input_reference", "input_reference: a remix cannot also take a reference image")
+    if reference is not None:
+        refuse_reference(card)
+        if (reference.width, reference.height) != (request.width, request.height):
+            raise RequestError("input_reference", f"input_reference: the image is {reference.width}x{reference.height} "
+                               f"but the request's size is {request.width}x{request.height}; fit it to the size first")
+    if source is not None:
+        if not card.remix:
+            raise RequestError("remix", f"model {card.name!r} has no video-to-video pipeline, so its videos cannot be "
+                               "remixed (see the model table in the README for the families that can)")
+        have = (source.width, source.height, source.num_frames)
+        if have != (request.width, request.height, request.num_frames):
+            raise RequestError("remix", f"the source video is {have[0]}x{have[1]} with {have[2]} frames but the "
+                               f"request is {request.width}x{request.height} with {request.num_frames}")
 
 
 def resolve(

@@ -3,6 +3,10 @@
 It has the call signature of diffusers' video pipelines (prompt, negative_prompt, num_frames, height, width,
 num_inference_steps, guidance_scale, generator, output_type, callback_on_step_end), so `pab.runtime.pipelines.VideoGenerator`
 drives it like Latte. Pixel space: there is no VAE, the transformer denoises RGB frames directly.
+
+Training-free conditioning (`sampling.Conditioning`): `image=` makes it image-to-video (the first frame is the image,
+RePaint-style), and `video=` with `strength=` video-to-video (SDEdit), with the argument names of diffusers'
+image-to-video and video-to-video pipelines, so the serving layer drives every family the same way.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from PIL import Image
 from pab.runtime.tinyvideo.data import HELD_OUT, caption, parse_caption
 from pab.runtime.tinyvideo.model import build_text_encoder, build_transformer, sample_scheduler
 from pab.runtime.tinyvideo.objective import objective_check, video_statistics
-from pab.runtime.tinyvideo.sampling import denoise
+from pab.runtime.tinyvideo.sampling import Conditioning, denoise, start_step
 from pab.runtime.tinyvideo.text_encoder import PAD, UNK, WordEmbeddingTextEncoder
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_NAME = "tiny-shapes"
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 25, "guidance_scale": 3.0, "fps": 4}
+DEFAULT_STRENGTH = 0.8
+"""SDEdit strength when `video=` comes without one (diffusers' CogVideoX video-to-video default too)."""
 
 
 def initial_noise(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
@@ -43,6 +49,45 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator | list[torc
 @dataclass
 class TinyVideoPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor  # [B, F, H, W, 3] in [0, 1]
+
+
+def _per_sample(value: Any, batch: int, name: str) -> list[Any]:
+    """One item per sample: a list of `batch` items, or one item every sample shares."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value] * batch
+    if len(items) != batch:
+        raise ValueError(f"got {len(items)} {name} for a batch of {batch} prompts")
+    return items
+
+
+def _pixels(images: list[Image.Image], height: int, width: int, name: str) -> torch.Tensor:
+    """PIL RGB images of the call's size -> float [C, len(images), H, W] in [-1, 1] (uint8 u -> u / 127.5 - 1, which
+    the output's rounding maps back to u exactly)."""
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]
+    for a in arrays:
+        if a.shape[:2] != (height, width):
+            raise ValueError(f"{name} must be {width}x{height} (the call's width x height), got {a.shape[1]}x{a.shape[0]}")
+    frames = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1.0  # [N, H, W, C]
+    return frames.permute(3, 0, 1, 2)
+
+
+def conditioning(
+    image: Image.Image | list[Image.Image] | None, video: list[Image.Image] | list[list[Image.Image]] | None,
+    strength: float, batch: int, frames: int, height: int, width: int,
+) -> Conditioning | None:
+    """The call's `image=` (one per sample, or shared) and `video=` (a list of frames, or one list per sample) as
+    pixels for `sampling.denoise`."""
+    if image is not None and video is not None:
+        raise ValueError("pass image= (image-to-video) or video= (video-to-video), not both")
+    if image is not None:
+        first = [_pixels([im], height, width, "image") for im in _per_sample(image, batch, "images")]
+        return Conditioning(first_frame=torch.stack(first))
+    if video is not None:
+        clips = _per_sample(video, batch, "videos") if video and isinstance(video[0], (list, tuple)) else [video] * batch
+        if any(len(clip) != frames for clip in clips):
+            raise ValueError(f"video must have {frames} frames (num_frames), got {[len(c) for c in clips]}")
+        return Conditioning(source=torch.stack([_pixels(list(c), height, width, "video") for c in clips]),
+                            strength=float(strength))
+    return None
 
 
 class TinyVideoPipeline(DiffusionPipeline):
@@ -108,7 +153,12 @@ class TinyVideoPipeline(DiffusionPipeline):
         output_type: str = "np",
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         return_dict: bool = True,
+        image: Image.Image | list[Image.Image] | None = None,
+        video: list[Image.Image] | list[list[Image.Image]] | None = None,
+        strength: float = DEFAULT_STRENGTH,
     ) -> TinyVideoPipelineOutput | tuple:
+        """Text-to-video; with `image` the first frame is that image (one per prompt, or shared); with `video` (its
+        frames, or one list per prompt) and `strength` in (0, 1] an edit of that video (SDEdit)."""
         cfg = self.transformer.config
         frames, height, width = self._sizes(num_frames, height, width)
         if output_type not in ("np", "pt"):
@@ -118,7 +168,10 @@ class TinyVideoPipeline(DiffusionPipeline):
         shape = (len(prompts), cfg.in_channels, frames, height, width)
         noise = initial_noise(shape, generator)
         cond, uncond = self.text_encoder.encode(prompts), self.text_encoder.encode(negatives)
+        known = conditioning(image, video, strength, len(prompts), frames, height, width)
         self._num_timesteps = num_inference_steps
+        if known is not None and known.source is not None:
+            self._num_timesteps = num_inference_steps - start_step(num_inference_steps, known.strength)
 
         def on_step(i: int, t: int, x: torch.Tensor) -> None:
             if callback_on_step_end is not None:
@@ -127,7 +180,7 @@ class TinyVideoPipeline(DiffusionPipeline):
         if isinstance(guidance_scale, (list, tuple)):  # one scale per sample (`per_sample_guidance`)
             guidance_scale = torch.tensor(guidance_scale, dtype=torch.float32).view(-1, 1, 1, 1, 1)
         clips = denoise(self.transformer, self.scheduler, noise, cond, uncond, num_inference_steps, guidance_scale,
-                        on_step)
+                        on_step, known)
         video = ((clips.permute(0, 2, 3, 4, 1).float() + 1) / 2).clamp(0, 1).cpu()  # [B, F, H, W, 3]
         frames = video.numpy() if output_type == "np" else video
         self.maybe_free_model_hooks()
