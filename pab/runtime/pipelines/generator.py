@@ -34,6 +34,8 @@ from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
 BATCH_VARIANT_PIPELINES: dict[str, str] = {
     "LattePipeline": "diffusers' Latte pipeline truncates a lone prompt's text embedding to its tokens but zero-pads "
     "a batch's to the longest, so a video made in a batch would differ from the same request alone",
+    "WanImageToVideoPipeline": "diffusers' Wan image-to-video pipeline takes one reference image per call (a list "
+    "of them is refused), so requests with their own images cannot share a denoising loop",
 }
 """Pipelines whose output depends on the batch a request runs in: their requests run one at a time."""
 
