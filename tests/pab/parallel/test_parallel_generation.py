@@ -34,7 +34,15 @@ CASES = {
         Case("ltx-video", 2, 1, "auto", "PAB-246"),
         Case("ltx-video", 1, 2, "auto", "PAB-246"),
         Case("allegro", 1, 2, "auto", "PAB-246"),  # no sequence split for Allegro and Mochi: CFG parallel only
-        Case("mochi", 1, 2, "auto", "none"),  # "none": Mochi's rising timesteps need a hooks change (test_models)
+        Case("mochi", 1, 2, "auto", "PAB-246"),  # the hooks read Mochi's rising timesteps back (test_models)
+        # image-to-video: the I2V transformers' extra inputs (Wan's image tokens and 12 channels, CogVideoX's 8,
+        # LTX-Video's per-token timestep) split with the video or stay whole, and the bytes are the schedule's
+        Case("wan-i2v", 2, 1, "auto", "PAB-246"),
+        Case("wan-i2v", 1, 2, "auto", "PAB-246"),
+        Case("cogvideox-i2v", 2, 1, "auto", "PAB-246"),
+        Case("cogvideox-i2v", 1, 2, "auto", "PAB-246"),
+        Case("ltx-i2v", 2, 1, "auto", "PAB-246"),
+        Case("ltx-i2v", 1, 2, "auto", "PAB-246"),
     ],
     4: [
         Case("latte", 4, 1, "dsp", "PAB-246"),
@@ -47,6 +55,8 @@ CASES = {
         Case("wan22", 2, 2, "auto", "PAB-246"),
         Case("ltx-video", 2, 2, "auto", "PAB-246"),
         Case("ltx-video", 4, 1, "auto", "none"),
+        Case("ltx-i2v", 2, 2, "auto", "PAB-246"),
+        Case("wan-i2v", 4, 1, "auto", "PAB-246"),
     ],
 }
 ALL = [(world, case) for world, cases in CASES.items() for case in cases]
