@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-_GEOMETRY_ATTRS = ("vae_scale_factor_spatial", "vae_scale_factor", "vae_scale_factor_temporal", "prompt_vocabulary")
+from pab.geometry import describe
+
+_GEOMETRY_ATTRS = ("prompt_vocabulary",)
 
 
 def _jsonable(value: Any) -> bool:
@@ -43,8 +45,9 @@ class ModelCard(BaseModel):
         adapter: The PAB adapter name, or None for a model PAB cannot hook.
         defaults: Generation defaults (`num_frames`, `height`, `width`, `num_inference_steps`, `guidance_scale`,
             `fps`).
-        geometry: The pipeline attributes `pab.runtime.request.params.validate_params` checks requests against (VAE
-            scale factors, the transformer config, and a closed-vocabulary model's words).
+        geometry: What `pab.runtime.request.params.validate_params` checks requests against: the VAE scale
+            factors, the pipeline's own pixel multiple and the VAE's decode tiles (`pab.geometry.describe`), the
+            transformer config, and a closed-vocabulary model's words.
         split: The sequence-parallel split requests must fit (None on one device).
         per_sample_guidance: Whether the pipeline takes one guidance scale per sample, so requests that differ only
             in guidance scale can share a batch.
@@ -72,6 +75,7 @@ class ModelCard(BaseModel):
         """Describe a `pab.runtime.pipelines.VideoGenerator`'s pipeline and its sequence-parallel split."""
         pipeline = generator.pipeline
         geometry = {a: getattr(pipeline, a) for a in _GEOMETRY_ATTRS if getattr(pipeline, a, None) is not None}
+        geometry.update(describe(pipeline))
         geometry["transformer_config"] = {k: v for k, v in dict(pipeline.transformer.config).items() if _jsonable(v)}
         adapter = generator.adapter.name if generator.adapter is not None else None
         handle = generator.parallel
@@ -91,12 +95,13 @@ class ModelCard(BaseModel):
 
     @property
     def temporal_compression(self) -> int:
-        return int(self.geometry.get("vae_scale_factor_temporal") or 1)
+        return int(self.geometry.get("temporal_scale") or 1)
 
     def frames_for_seconds(self, seconds: float, fps: int) -> int:
-        """The valid frame count nearest to `seconds` of video (a VAE that compresses time by k needs k*n+1)."""
+        """The valid frame count nearest to `seconds` of video (a VAE that compresses time by k needs k*n+1, and
+        one that decodes b latent frames at a time k*b*n+1)."""
         frames = max(1, round(seconds * fps))
-        k = self.temporal_compression
+        k = self.temporal_compression * int(self.geometry.get("decode_frame_batch") or 1)
         return max(1, round((frames - 1) / k) * k + 1) if k > 1 else frames
 
 
