@@ -339,6 +339,9 @@ class PABPipelineTesterMixin:
                 gen.generate(self.params(input_reference=other))
             assert raised.value.field == "input_reference" and raised.value.status == 400
             return
+        with pytest.raises(RequestError, match="needs one; send input_reference") as raised:
+            gen.generate(self.params(input_reference=None))  # an image-to-video pipeline cannot start without it
+        assert raised.value.field == "input_reference" and gen.card.reference_required
         first, second = gen.generate(self.params()), gen.generate(self.params(input_reference=other))
         assert gen.card.image_to_video and first.request.input_reference != second.request.input_reference
         assert first.frames.shape == second.frames.shape and not np.array_equal(first.frames, second.frames)

@@ -10,6 +10,7 @@ import pytest
 from pab.adapters import ADAPTERS, adapter_for
 from pab.config import ATTENTION_KINDS
 from pab.parallel import apply as parallel_apply
+from pab.parallel import support as parallel_support
 from pab.presets import REFERENCE_DEFAULTS
 from pab.runtime.models.registry import RANDOM_MODELS
 from tests.conftest import REPO_ROOT
@@ -53,11 +54,11 @@ def test_family_row_matches_the_code(row: dict[str, str]) -> None:
     assert {k.strip() for k in row["PAB kinds"].split(",")} == kinds
     sp = row["sequence parallel"]
     installer = parallel_apply._INSTALLERS.get(adapter.name)
-    assert (sp == "none") == (adapter.name in parallel_apply.NO_SEQUENCE_PARALLEL) == (installer is None)
+    assert (sp == "none") == (adapter.name in parallel_support.NO_SEQUENCE_PARALLEL) == (installer is None)
     assert sp.startswith("DSP") == (adapter.sp_strategy == "dsp")
     assert ("diffusers CP" in sp) == (installer is parallel_apply._install_diffusers_cp)
     cfg = {"batched": not adapter.two_pass_cfg, "two-pass": adapter.two_pass_cfg, "distilled": adapter.two_pass_cfg}
-    assert cfg[row["CFG"]] and (row["CFG"] == "distilled") == (adapter.name in parallel_apply.NO_CFG_PARALLEL)
+    assert cfg[row["CFG"]] and (row["CFG"] == "distilled") == (adapter.name in parallel_support.NO_CFG_PARALLEL)
 
 
 @pytest.mark.parametrize("row", FAMILIES, ids=[r["family"] for r in FAMILIES])

@@ -199,3 +199,13 @@ def test_save_and_reload_offline_gives_identical_output(name, tmp_path, monkeypa
     # Bit-equal weights; outputs may differ in the last float bits because mmap-loaded tensors take other kernels.
     assert abs(a - b).max() < 1e-5
 
+
+
+def test_family_table_names_each_embedded_models_transformer():
+    """`pab.runtime.models.families` knows each model's transformer without loading it: the loaded one's."""
+    from pab.runtime.models.families import EMBEDDED_TRANSFORMERS
+    from pab.runtime.models.registry import EMBEDDED_MODELS as ALL_EMBEDDED
+
+    assert set(EMBEDDED_TRANSFORMERS) == set(ALL_EMBEDDED)
+    for name in ALL_EMBEDDED:
+        assert type(load_pipeline(name).transformer).__name__ == EMBEDDED_TRANSFORMERS[name], name

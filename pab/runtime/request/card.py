@@ -55,6 +55,8 @@ class ModelCard(BaseModel):
             run one at a time), or None.
         image_to_video: Whether the pipeline takes a reference image (`image=` in its `__call__`), so requests may
             carry `input_reference`.
+        reference_required: Whether it cannot generate without one (diffusers' image-to-video pipelines), so a
+            request without `input_reference` is refused.
         created: When the card was made (whole seconds).
     """
 
@@ -68,6 +70,7 @@ class ModelCard(BaseModel):
     per_sample_guidance: bool = False
     batch_variance: str | None = None
     image_to_video: bool = False
+    reference_required: bool = False
     created: int
 
     @classmethod
@@ -86,7 +89,7 @@ class ModelCard(BaseModel):
         return cls(name=name, adapter=adapter, defaults=dict(generator.defaults), geometry=geometry, split=split,
                    per_sample_guidance=bool(getattr(pipeline, "per_sample_guidance", False)),
                    batch_variance=generator.batch_variance, image_to_video=generator.image_to_video,
-                   created=int(time.time()))
+                   reference_required=generator.reference_required, created=int(time.time()))
 
     def pipeline_view(self) -> SimpleNamespace:
         """A stand-in with the attributes `validate_params` reads, so validation needs no weights."""

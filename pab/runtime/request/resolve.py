@@ -106,9 +106,13 @@ def check_split(card: ModelCard, params: GenerationParams) -> None:
 
 
 def check_conditioning(card: ModelCard, request: GenerationRequest) -> None:
-    """A reference image needs an image-to-video pipeline and must already be fitted to the request's size."""
+    """A reference image needs an image-to-video pipeline and must already be fitted to the request's size; a
+    pipeline that only generates from an image needs one."""
     reference = request.input_reference
     if reference is None:
+        if card.reference_required:
+            raise RequestError("input_reference", f"input_reference: model {card.name!r} generates from an image "
+                               "(image-to-video) and needs one; send input_reference (the image the video starts from)")
         return
     if not card.image_to_video:
         raise RequestError("input_reference", f"input_reference: model {card.name!r} has no image-to-video pipeline; "

@@ -14,7 +14,7 @@ import pytest
 
 from pab.parallel.launch import RankOutcome, run_ranks
 
-from .workers import GENERATOR_MODELS, Case, fail_mid_generation, generate, run_cases, video_generator
+from .workers import BATCH_INVARIANT_MODELS, GENERATOR_MODELS, Case, fail_mid_generation, generate, run_cases, video_generator
 
 pytestmark = pytest.mark.slow  # one ~30 s process start-up and run per world size, shared by all tests here
 
@@ -164,6 +164,17 @@ def test_video_generator_parallel_equals_single_process(outcomes, model: str) ->
         assert comm["issued"][attention]["all_to_all"]["calls"] > 0 and comm["skipped_bytes"] > 0
         assert comm == got["predicted_comm"], f"rank {o.rank}"
         assert got["stats"]["kinds"] == expected["stats"]["kinds"], "same broadcast decisions as one process"
+
+
+@pytest.mark.parametrize("model", BATCH_INVARIANT_MODELS)
+def test_batch_invariant_generator_splits_like_the_plain_one(outcomes, model: str) -> None:
+    """`batch_invariant=True` (the serving workers' setting) with diffusers' context parallel: the same frames as
+    the plain parallel run and the schedule's bytes (it used to drop the plan's output gather: a shape error)."""
+    for o in outcomes[2]:
+        got, plain = o.value["batch_invariant"][model], o.value["generator"][model]
+        assert np.abs(got["frames"].astype(int) - plain["frames"].astype(int)).max() <= 1
+        assert got["stats"]["comm"] == got["predicted_comm"] == plain["stats"]["comm"], f"rank {o.rank}"
+        assert got["stats"]["kinds"] == plain["stats"]["kinds"]
 
 
 def test_failed_rank_makes_peers_fail_fast() -> None:

@@ -194,12 +194,15 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
 GENERATOR_MODELS = {"latte": "tiny-latte", "ltx-video": "tiny-ltx", "wan22": "tiny-wan22", "wan-i2v": "tiny-wan-i2v",
                     "ltx-i2v": "tiny-ltx-i2v"}
 """Families run through the serving front door with sequence parallel (model key -> embedded model)."""
+BATCH_INVARIANT_MODELS = ("ltx-video", "wan22", "ltx-i2v")
+"""...and again as the serving workers run them (`batch_invariant=True`, diffusers' context parallel underneath)."""
 
 
-def video_generator(model: str, parallel: ParallelConfig | None) -> dict[str, Any]:
+def video_generator(model: str, parallel: ParallelConfig | None, batch_invariant: bool = False) -> dict[str, Any]:
     """The serving front door with parallel= set: frames, the stats dict it reports and the schedule's prediction;
     image-to-video models get a `ReferenceImage` as a served request carries it."""
-    gen = VideoGenerator(load_pipeline(GENERATOR_MODELS[model]), pab="PAB-246", parallel=parallel)
+    gen = VideoGenerator(load_pipeline(GENERATOR_MODELS[model]), pab="PAB-246", parallel=parallel,
+                         batch_invariant=batch_invariant)
     seen = _capture_input(gen.pipeline.transformer)
     reference = None
     if model in IMAGE_TO_VIDEO:
@@ -220,6 +223,8 @@ def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, A
     if extras:  # errors first: the cases after them prove the group is still in step
         out["errors"] = shape_errors()
         out["generator"] = {m: video_generator(m, ParallelConfig(sp_degree=2, timeout_s=60)) for m in GENERATOR_MODELS}
+        out["batch_invariant"] = {m: video_generator(m, ParallelConfig(sp_degree=2, timeout_s=60), batch_invariant=True)
+                                  for m in BATCH_INVARIANT_MODELS}
     out.update({case.name: generate(case, parallel=True, groups_cache=groups) for case in cases})
     return out
 
