@@ -25,7 +25,7 @@ from pab.config import ATTENTION_KINDS, TIMESTEP_SCALE
 from pab.hooks import BROADCAST_HOOK, ROOT_HOOK
 from pab.runtime.models.registry import RANDOM_MODELS
 from pab.runtime.pipelines import VideoGenerator, load_pipeline, to_uint8
-from pab.runtime.pipelines.generator import _call_kwargs
+from pab.runtime.pipelines.generator import BATCH_VARIANT_PIPELINES, _call_kwargs
 from pab.runtime.request.conditioning import ReferenceImage
 from pab.runtime.request.params import RequestError
 from pab.runtime.request.request import GenerationRequest
@@ -348,6 +348,26 @@ class PABPipelineTesterMixin:
         assert first.stats.pab.model_dump()["kinds"] == second.stats.pab.model_dump()["kinds"]  # same schedule
         again = gen.generate(first.request)  # the resolved request, reference included, replays byte for byte
         assert np.array_equal(again.frames, first.frames)
+
+    def test_image_to_video_batches_one_reference_per_sample(self) -> None:
+        """Jobs with their own reference images share a denoising loop and each gets the video it gets alone
+        (batch-invariant arithmetic, as the serving workers run); a pipeline that takes one image per call runs its
+        jobs one at a time instead (the card says why)."""
+        if not self.image_to_video:
+            pytest.skip("text-to-video family")
+        gen = VideoGenerator(load_pipeline(self.model), "PAB-246", batch_invariant=True)
+        defaults = RANDOM_MODELS[self.model]
+        requests = [gen.resolve_request(self.params(seed=seed, input_reference=reference_image(
+            defaults.width, defaults.height, seed=seed))) for seed in (1, 2)]
+        if type(gen.pipeline).__name__ in BATCH_VARIANT_PIPELINES:
+            assert gen.card.batch_variance == BATCH_VARIANT_PIPELINES[type(gen.pipeline).__name__]
+            with pytest.raises(ValueError, match="cannot batch requests"):
+                gen.generate_batch(requests)
+            return
+        alone = [gen.generate(r).frames for r in requests]
+        batched = gen.generate_batch(requests)
+        assert batched[0].stats.batch_size == 2 and not np.array_equal(alone[0], alone[1])
+        assert all(np.array_equal(a, b.frames) for a, b in zip(alone, batched))
 
 
 def reference_image(width: int, height: int, seed: int) -> ReferenceImage:
