@@ -10,6 +10,8 @@ page works under any prefix.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 import serve_app
-from pab.geometry import patch_sizes, spatial_scale, temporal_scale
+from pab.geometry import patch_sizes, pixel_multiple, spatial_scale, temporal_scale
 from pab.presets import PRESET_NAMES
 from serve_app.auth import Authenticator
 from serve_app.cards import CardCache
@@ -58,7 +60,7 @@ class Playground:
             "model": card.name,
             "defaults": card.defaults,
             "vocabulary": card.geometry.get("prompt_vocabulary"),
-            "size_step": spatial_scale(view) * patch_h,
+            "size_step": math.lcm(spatial_scale(view) * patch_h, pixel_multiple(view)),  # what resolve accepts
             "frames": {"fixed": view.transformer.config.get("video_length"), "temporal_scale": temporal_scale(view)},
             "presets": list(PRESET_NAMES) if card.adapter is not None else ["none"],
             "default_preset": self.config.pab_preset,

@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from pab.parallel.config import ParallelConfig, ParallelConfigError
+from pab.parallel.support import check_supported
+from pab.runtime.models.families import model_adapter
+
 
 DEFAULT_MODEL = "tiny-shapes"
 DEFAULT_STORE_URL = os.path.join(os.path.expanduser("~"), ".cache", "pab-serve", "store")
@@ -319,6 +323,18 @@ class AppConfig(BaseModel):
             raise ValueError(
                 f"min_poll_after_ms={self.min_poll_after_ms} must not exceed poll_after_ms={self.poll_after_ms}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _family_can_split(self) -> "AppConfig":
+        """A parallel setting the model's family cannot run is a config error now, not replicas that fail to start
+        (`pab.parallel.support`; a hub id's family is known only once loaded, and then the workers refuse it)."""
+        adapter = model_adapter(self.model)
+        if adapter is not None:
+            try:
+                check_supported(adapter, ParallelConfig(sp_degree=self.sp_degree, cfg_degree=self.cfg_degree))
+            except ParallelConfigError as exc:
+                raise ValueError(f"{exc.field}: model {self.model!r}: {exc}") from None
         return self
 
     @property

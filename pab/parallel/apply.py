@@ -21,6 +21,7 @@ from .config import ParallelConfig, ParallelConfigError
 from .diffusers_cp import enable_diffusers_ulysses
 from .groups import ParallelGroups, build_groups
 from .layout import check_latents, request_latent_shape
+from .support import check_supported
 from .sharding import GatherOutputHook, LatteFrameShardHook, ShapeCheckHook, TextVideoShardHook, TokenLayout
 
 SP_HOOK = "pab_parallel_sp"
@@ -35,22 +36,6 @@ BATCH_ARGS: dict[str, tuple[str, ...]] = {
     "ltx-video": ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords"),
 }
 """Forward arguments that carry the CFG batch, for pipelines that batch [uncond; cond]."""
-
-NO_SEQUENCE_PARALLEL: dict[str, str] = {
-    "hunyuanvideo": "its joint attention runs over video and masked text tokens together and diffusers ships no "
-                    "context-parallel plan for it",
-    "allegro": "its attention processor calls scaled_dot_product_attention itself (no context-parallel hook point "
-               "in diffusers) and applies a 3D RoPE of its own",
-    "mochi": "its joint attention drops each sample's padded text tokens inside the processor (no context-parallel "
-             "hook point in diffusers)",
-}
-"""Families without a sequence split here, and why (the error names the field and says so)."""
-
-NO_CFG_PARALLEL: dict[str, str] = {
-    "hunyuanvideo": "HunyuanVideo's guidance is distilled into the transformer (one forward per step); its true CFG "
-                    "(true_cfg_scale) encodes the negative prompt in a separate call that CFG parallel cannot swap",
-}
-
 
 @dataclass
 class ParallelHandle:
@@ -162,26 +147,6 @@ _INSTALLERS: dict[str, Callable[[ParallelHandle, ModelAdapter, torch.nn.Module],
 }
 
 
-def _check_supported(adapter: ModelAdapter, config: ParallelConfig, strategy: str) -> None:
-    """Refuse, before any group is built, what this family cannot split; the error names the field."""
-    if config.sp_degree > 1 and adapter.name in NO_SEQUENCE_PARALLEL:
-        raise ParallelConfigError(
-            f"sequence parallel is not available for {adapter.name}: {NO_SEQUENCE_PARALLEL[adapter.name]}. Use "
-            f"sp_degree=1 (sequence parallel runs on {sorted(_INSTALLERS)})"
-            + ("" if adapter.name in NO_CFG_PARALLEL else "; cfg_degree=2 works for it"),
-            "sp_degree",
-        )
-    if config.cfg_degree > 1 and adapter.name in NO_CFG_PARALLEL:
-        raise ParallelConfigError(f"cfg_degree must be 1 for {adapter.name}: {NO_CFG_PARALLEL[adapter.name]}",
-                                  "cfg_degree")
-    if config.sp_degree > 1 and strategy == "dsp" and adapter.sp_strategy != "dsp":
-        raise ParallelConfigError(
-            f"strategy='dsp' needs separate spatial and temporal attention; {adapter.name} has full 3D attention: "
-            "use strategy='ulysses' or 'auto'",
-            "strategy",
-        )
-
-
 def apply_parallel(target: Any, config: ParallelConfig, groups: ParallelGroups | None = None) -> ParallelHandle:
     r"""
     Split every forward of a pipeline's transformer(s) over the processes of this replica.
@@ -206,7 +171,7 @@ def apply_parallel(target: Any, config: ParallelConfig, groups: ParallelGroups |
             raise ParallelConfigError("parallel is already applied to this transformer; call handle.remove() first")
     adapter = adapter_for(experts[0])
     strategy = config.resolve_strategy(adapter.sp_strategy)
-    _check_supported(adapter, config, strategy)
+    check_supported(adapter, config)
     groups = groups if groups is not None else build_groups(config)
     handle = ParallelHandle(config, groups, adapter.name, strategy, experts[0], experts)
     try:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from diffusers import ContextParallelConfig
+from diffusers.models._modeling_parallel import ContextParallelInput
 from diffusers.hooks import context_parallel as diffusers_cp_hooks
 from diffusers.models import attention_dispatch
 
@@ -90,10 +91,23 @@ def _cpu_device_count() -> Iterator[None]:
         yield
 
 
-def video_only_plan(plan: dict[str, Any]) -> dict[str, Any]:
-    """The model's context-parallel plan without the entries that split text (`encoder_*` inputs)."""
-    return {module: {k: v for k, v in entry.items() if not str(k).startswith("encoder_")} if isinstance(entry, dict)
-            else entry for module, entry in plan.items()}
+PER_TOKEN_TIMESTEP: dict[str, dict[str, Any]] = {
+    "LTXVideoTransformer3DModel": {"timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)},
+}
+"""Root inputs to split beside the video tokens where the model's own plan omits them. LTX-Video's image-to-video
+pipelines pass one timestep per token (`[B, tokens]`, 0 on the conditioning frames); split with the tokens, each
+rank modulates its own share (a 1-D per-sample timestep is left whole, as Wan's plan does for its own)."""
+
+
+def video_only_plan(plan: dict[str, Any], transformer_class: str = "") -> dict[str, Any]:
+    """The model's context-parallel plan without the entries that split text (`encoder_*` inputs), plus the root
+    inputs `PER_TOKEN_TIMESTEP` adds for `transformer_class`."""
+    out = {module: {k: v for k, v in entry.items() if not str(k).startswith("encoder_")} if isinstance(entry, dict)
+           else entry for module, entry in plan.items()}
+    extra = PER_TOKEN_TIMESTEP.get(transformer_class)
+    if extra:
+        out[""] = {**out.get("", {}), **extra}
+    return out
 
 
 def enable_diffusers_ulysses(transformer: torch.nn.Module, groups: ParallelGroups,
@@ -101,7 +115,7 @@ def enable_diffusers_ulysses(transformer: torch.nn.Module, groups: ParallelGroup
     """`transformer.enable_parallelism` with Ulysses over this replica's SP group, text unsplit and the
     `local_attention` modules (cross-attention) left to run on each rank's shard; returns the undo."""
     config = ContextParallelConfig(ulysses_degree=groups.config.sp_degree, mesh=groups.mesh)
-    plan = video_only_plan(transformer._cp_plan)
+    plan = video_only_plan(transformer._cp_plan, type(transformer).__name__)
     uninstall = _install_counting()
     try:
         with _cpu_device_count():

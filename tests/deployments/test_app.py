@@ -147,7 +147,7 @@ def test_same_seed_same_bytes_and_seeds_differ(pab_app):
     ("body", "status", "param", "words"),
     [
         ({"prompt": "a cat", "model": "sora-2"}, 404, "model", "sora-2"),
-        ({"prompt": "a cat", "size": "30x30"}, 400, "size", "multiple of 4"),
+        ({"prompt": "a cat", "size": "30x30"}, 400, "size", "multiple of 8"),
         ({"prompt": "a cat", "size": "big"}, 400, "size", "WIDTHxHEIGHT"),
         ({"prompt": "a cat", "frames": 64}, 400, "frames", "max_frames=16"),
         ({"prompt": "a cat", "steps": 1000}, 400, "steps", "max_steps=400"),
@@ -182,15 +182,18 @@ def test_malformed_bodies_and_unknown_ids(pab_app):
     assert pab_app.client(api_key=None).http.get("/health").status_code == 200
 
 
-def test_size_the_parallel_split_refuses_is_a_400_before_any_job_exists(pab_app):
-    # 12x12 passes the model's own rules (multiples of 4) but gives 3x3 tokens per frame, which DSP cannot split
-    # over 2 ranks; the resolver checks the split at POST (from the model card), so no job is ever accepted.
+def test_shapes_the_split_or_the_pipeline_refuse_are_a_400_before_any_job_exists(pab_app):
+    # 1 frame passes the model's own rules (Latte takes 8 or 1) but gives 1 latent frame, which DSP cannot split
+    # over 2 ranks; 12x12 fits the latents (VAE 2 x patch 2) but LattePipeline itself takes multiples of 8 only.
+    # The resolver checks both at POST (from the model card), so no job is ever accepted.
     api = pab_app.client()
     before = {v["id"] for v in api.http.get("/v1/videos", params={"limit": 100}).json()["data"]}
-    response = api.http.post("/v1/videos", json={"prompt": "a cat", "size": "12x12", "steps": 2})
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["param"] == "size" and "sp_degree = 2" in error["message"]
+    for body, param, words in (({"frames": 1}, "frames", "sp_degree = 2"),
+                               ({"size": "12x12"}, "size", "the pipeline takes multiples of 8")):
+        response = api.http.post("/v1/videos", json={"prompt": "a cat", "steps": 2, **body})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], error
     assert {v["id"] for v in api.http.get("/v1/videos", params={"limit": 100}).json()["data"]} == before
     assert api.wait(api.create(prompt="a cat", steps=2)["id"])["status"] == "completed"
 

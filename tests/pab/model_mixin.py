@@ -23,8 +23,12 @@ from pab import BroadcastRule, MLPBroadcastRule, PABConfig, apply_pab, get_prese
 from pab.adapters import adapter_for, pipeline_transformers
 from pab.config import ATTENTION_KINDS, TIMESTEP_SCALE
 from pab.hooks import BROADCAST_HOOK, ROOT_HOOK
-from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline, to_uint8
-from pab.runtime.pipelines.generator import _call_kwargs
+from pab.runtime.models.registry import RANDOM_MODELS
+from pab.runtime.pipelines import VideoGenerator, load_pipeline, to_uint8
+from pab.runtime.pipelines.generator import BATCH_VARIANT_PIPELINES, _call_kwargs
+from pab.runtime.request.conditioning import ReferenceImage
+from pab.runtime.request.params import RequestError
+from pab.runtime.request.request import GenerationRequest
 
 STEPS = 30
 
@@ -114,12 +118,17 @@ class PABModelTesterMixin:
             return [self.make_inputs(1, text_seed=1), self.make_inputs(1, text_seed=2)]
         return [self.make_inputs(2, text_seed=1)]
 
+    def timestep_input(self, inputs: dict[str, Any], batch: int, t: float) -> torch.Tensor:
+        """The `timestep` argument the family's pipeline passes at timestep `t`: one per sample (LTX-Video's
+        image-to-video passes one per token, 0 on the reference frame's)."""
+        return torch.full((batch,), t)
+
     def forward(self, transformer: torch.nn.Module, inputs: dict[str, Any], noise: float,
                 context: str | None) -> torch.Tensor:
         """One forward at noise level `noise`, with the timestep in the transformer's own convention."""
         batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
         t = TIMESTEP_SCALE - noise if adapter_for(transformer).timestep_reversed else noise
-        kwargs = {**inputs, "timestep": torch.full((batch,), t)}
+        kwargs = {**inputs, "timestep": self.timestep_input(inputs, batch, t)}
         with torch.no_grad():
             if context is None:
                 return transformer(**kwargs, return_dict=False)[0]
@@ -274,10 +283,15 @@ class PABPipelineTesterMixin:
 
     model: str
     steps: int = 10
+    image_to_video: bool = False
+    """The pipeline takes a reference image: every request here carries one (`input_reference`)."""
 
-    def params(self, **overrides: Any) -> GenerationParams:
-        return GenerationParams(**{"prompt": "a red car drives fast", "seed": 3, "num_inference_steps": self.steps,
-                                   **overrides})
+    def params(self, **overrides: Any) -> GenerationRequest:
+        fields = {"prompt": "a red car drives fast", "seed": 3, "num_inference_steps": self.steps, **overrides}
+        if self.image_to_video:
+            defaults = RANDOM_MODELS[self.model]
+            fields.setdefault("input_reference", reference_image(defaults.width, defaults.height, seed=fields["seed"]))
+        return GenerationRequest(**fields)
 
     def test_generator_counts_follow_the_rule(self) -> None:
         config = RULE_CONFIGS["PAB-246+mlp"]
@@ -308,7 +322,55 @@ class PABPipelineTesterMixin:
         gen = VideoGenerator(load_pipeline(self.model), "none")
         result = gen.generate(params)
         plain = load_pipeline(self.model)
-        resolved = result.params
-        frames = plain(**_call_kwargs(plain, [resolved])).frames[0]  # one seeded generator, as VideoGenerator does
+        kwargs = _call_kwargs(plain, [result.request])  # one seeded generator (and reference image), as VideoGenerator
+        assert ("image" in kwargs) == self.image_to_video
+        frames = plain(**kwargs).frames[0]
         assert np.array_equal(result.frames, to_uint8(frames))
         assert result.stats.pab.attention.broadcast == 0 and result.stats.pab.attention.calls > 0
+
+    def test_reference_image_conditions_the_video(self) -> None:
+        """Image-to-video: another reference image gives another video (same prompt and seed), and a text-only
+        family refuses one naming `input_reference`, before it runs."""
+        gen = VideoGenerator(load_pipeline(self.model), "PAB-246")
+        defaults = RANDOM_MODELS[self.model]
+        other = reference_image(defaults.width, defaults.height, seed=99)
+        if not self.image_to_video:
+            with pytest.raises(RequestError, match="input_reference") as raised:
+                gen.generate(self.params(input_reference=other))
+            assert raised.value.field == "input_reference" and raised.value.status == 400
+            return
+        with pytest.raises(RequestError, match="needs one; send input_reference") as raised:
+            gen.generate(self.params(input_reference=None))  # an image-to-video pipeline cannot start without it
+        assert raised.value.field == "input_reference" and gen.card.reference_required
+        first, second = gen.generate(self.params()), gen.generate(self.params(input_reference=other))
+        assert gen.card.image_to_video and first.request.input_reference != second.request.input_reference
+        assert first.frames.shape == second.frames.shape and not np.array_equal(first.frames, second.frames)
+        assert first.stats.pab.model_dump()["kinds"] == second.stats.pab.model_dump()["kinds"]  # same schedule
+        again = gen.generate(first.request)  # the resolved request, reference included, replays byte for byte
+        assert np.array_equal(again.frames, first.frames)
+
+    def test_image_to_video_batches_one_reference_per_sample(self) -> None:
+        """Jobs with their own reference images share a denoising loop and each gets the video it gets alone
+        (batch-invariant arithmetic, as the serving workers run); a pipeline that takes one image per call runs its
+        jobs one at a time instead (the card says why)."""
+        if not self.image_to_video:
+            pytest.skip("text-to-video family")
+        gen = VideoGenerator(load_pipeline(self.model), "PAB-246", batch_invariant=True)
+        defaults = RANDOM_MODELS[self.model]
+        requests = [gen.resolve_request(self.params(seed=seed, input_reference=reference_image(
+            defaults.width, defaults.height, seed=seed))) for seed in (1, 2)]
+        if type(gen.pipeline).__name__ in BATCH_VARIANT_PIPELINES:
+            assert gen.card.batch_variance == BATCH_VARIANT_PIPELINES[type(gen.pipeline).__name__]
+            with pytest.raises(ValueError, match="cannot batch requests"):
+                gen.generate_batch(requests)
+            return
+        alone = [gen.generate(r).frames for r in requests]
+        batched = gen.generate_batch(requests)
+        assert batched[0].stats.batch_size == 2 and not np.array_equal(alone[0], alone[1])
+        assert all(np.array_equal(a, b.frames) for a, b in zip(alone, batched))
+
+
+def reference_image(width: int, height: int, seed: int) -> ReferenceImage:
+    """A random RGB reference image of the request's size."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return ReferenceImage.from_rgb(rgb)

@@ -112,6 +112,45 @@ class TestLTXVideo(PABModelTesterMixin, PABPipelineTesterMixin):
                 "num_frames": frames, "height": size, "width": size}
 
 
+class TestWanI2V(TestWan):
+    """Wan 2.1 image-to-video: 12 input channels (latents, first-frame mask, encoded reference video) and CLIP
+    image tokens beside the text in every cross-attention (diffusers splits them off by assuming 512 text tokens)."""
+
+    model = "tiny-wan-i2v"
+    image_to_video = True
+    build_transformer = staticmethod(lambda seed=0: tiny.tiny_wan_i2v_pipeline(seed).transformer)
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 12, 3, 4, 4, seed=0),
+                "encoder_hidden_states": _text(batch, text_seed, tiny.WAN_I2V_TEXT_TOKENS),
+                "encoder_hidden_states_image": _randn(batch, 5, tiny.IMAGE_DIM, seed=9)}
+
+
+class TestCogVideoXI2V(TestCogVideoX):
+    """CogVideoX image-to-video: the reference latent concatenated on channels (8 in, 4 out)."""
+
+    model = "tiny-cogvideox-i2v"
+    image_to_video = True
+    build_transformer = staticmethod(lambda seed=0: tiny.tiny_cogvideox_transformer(seed, in_channels=8))
+
+    def make_inputs(self, batch: int, text_seed: int) -> dict[str, Any]:
+        return {"hidden_states": _randn(batch, 3, 8, 8, 8, seed=0), "encoder_hidden_states": _text(batch, text_seed, 16)}
+
+
+class TestLTXVideoI2V(TestLTXVideo):
+    """LTX-Video image-to-video: one timestep per token, 0 on the reference frame's tokens (PAB reads the
+    largest, the step's noise level)."""
+
+    model = "tiny-ltx-i2v"
+    image_to_video = True
+
+    def timestep_input(self, inputs: dict[str, Any], batch: int, t: float) -> torch.Tensor:
+        per_frame = inputs["height"] * inputs["width"]
+        timestep = torch.full((batch, inputs["num_frames"] * per_frame), t)
+        timestep[:, :per_frame] = 0.0
+        return timestep
+
+
 class TestWan22(PABPipelineTesterMixin):
     """The two-expert Wan 2.2 layout: both experts hooked, each counting its own steps (transformers as TestWan)."""
 

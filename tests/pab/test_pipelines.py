@@ -24,6 +24,8 @@ from pab.runtime.pipelines import (
 )
 from pab.presets import get_preset
 from pab.runtime.models.registry import RANDOM_MODELS as EMBEDDED_MODELS
+from pab.runtime.request.conditioning import ReferenceImage
+from pab.runtime.request.request import GenerationRequest
 from pab.runtime.models.tiny import tiny_cogvideox_pipeline, tiny_latte_pipeline, tiny_wan_pipeline
 
 PROMPT = "a red car drives fast on the road"
@@ -32,6 +34,9 @@ BUILDERS = {"tiny-latte": tiny_latte_pipeline, "tiny-cogvideox": tiny_cogvideox_
 
 def _params(**overrides) -> GenerationParams:
     return GenerationParams(**{"prompt": PROMPT, "seed": 0, "num_inference_steps": 4, "height": 16, "width": 16, **overrides})
+
+
+_plain_params = _params
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -112,15 +117,20 @@ def test_params_from_dict_rejects_unknown_and_missing_fields():
     "name,overrides,field,match",
     [
         ("tiny-latte", {"num_frames": 9}, "num_frames", "must be 8"),
-        ("tiny-latte", {"height": 18}, "height", "multiple of 4"),
+        ("tiny-latte", {"height": 18}, "height", "multiple of 8 .*pipeline takes multiples of 8"),
+        ("tiny-latte", {"height": 20}, "height", "multiple of 8"),  # the latents take 20 (VAE 2 x patch 2): Latte's check does not
         ("tiny-cogvideox", {"num_frames": 8}, "num_frames", r"4k\+1.*try 9"),
         ("tiny-cogvideox", {"width": 20}, "width", "multiple of 8"),
+        ("tiny-cogvideox", {"num_frames": 13}, "num_frames", r"8k\+1 .*decodes 2 latent frames at a time.*try 17"),
         ("tiny-wan", {"num_frames": 10}, "num_frames", r"4k\+1"),
-        ("tiny-wan", {"height": 12}, "height", "multiple of 8.*try 16"),
-        ("tiny-wan", {"width": 264}, "width", "rotary table holds 32"),
+        ("tiny-wan", {"height": 12}, "height", "multiple of 16.*try 16"),
+        ("tiny-wan", {"height": 24}, "height", "multiple of 16 .*VAE x4 x patch 2, and the pipeline takes multiples of 16"),
+        ("tiny-wan", {"width": 272}, "width", "rotary table holds 32"),
+        ("tiny-wan-i2v", {"height": 40}, "height", "multiple of 16"),
         ("tiny-hunyuan", {"height": 24}, "height", "multiple of 16"),
         ("tiny-mochi", {"num_frames": 9}, "num_frames", r"6k\+1.*try 7"),
-        ("tiny-ltx", {"height": 18}, "height", "multiple of 4"),
+        ("tiny-ltx", {"height": 48}, "height", "multiple of 32 .*VAE x4 x patch 1, and the pipeline takes multiples of 32"),
+        ("tiny-ltx-i2v", {"width": 16}, "width", "multiple of 32.*try 32"),
         ("tiny-allegro", {"width": 112}, "width", "whole tiles only .*14 latents do not fit; try 128"),
         ("tiny-allegro", {"num_frames": 25}, "num_frames", "whole tiles only .*7 latents do not fit; try 21"),
     ],
@@ -160,7 +170,7 @@ def test_to_uint8_rounds_and_clips():
 # ------------------------------------------------------------------------------------------------- generation
 
 
-NON_SQUARE = {"tiny-ltx": (32, 64), "tiny-allegro": (128, 128)}  # LTX: multiples of 32; Allegro: one 128 px tile
+NON_SQUARE = {"tiny-ltx": (32, 64), "tiny-ltx-i2v": (32, 64), "tiny-allegro": (128, 128)}  # LTX: multiples of 32; Allegro: one 128 px tile
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED_MODELS))
@@ -168,6 +178,11 @@ def test_generate_returns_requested_shape_seeded_frames_and_timings(name):
     gen = VideoGenerator(load_pipeline(name))
     frames = EMBEDDED_MODELS[name].num_frames
     height, width = NON_SQUARE.get(name, (32, 16))
+    if gen.image_to_video:  # the same checks on a request that carries its reference image
+        image = ReferenceImage.from_rgb(np.full((height, width, 3), 128, dtype=np.uint8))
+        _params = lambda **kw: GenerationRequest(**_plain_params(**kw).to_dict(), input_reference=image)  # noqa: E731
+    else:
+        _params = _plain_params
     first = gen.generate(_params(seed=11, height=height, width=width))
     assert first.frames.shape == (frames, height, width, 3) and first.frames.dtype == np.uint8
     assert first.params.num_frames == frames and first.params.seed == 11

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
+
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 from diffusers import (
     AllegroPipeline,
+    CogVideoXImageToVideoPipeline,
     CogVideoXPipeline,
     HunyuanVideoPipeline,
     LattePipeline,
+    LTXImageToVideoPipeline,
     LTXPipeline,
     MochiPipeline,
+    WanImageToVideoPipeline,
     WanPipeline,
 )
+from PIL import Image
 from transformers import UMT5EncoderModel
 
 from pab.adapters import adapter_for, pipeline_transformers
@@ -23,6 +30,7 @@ from pab.runtime.models.tiny import (
     LATTE_FRAMES,
     TEXT_TOKENS,
     VOCABULARY,
+    WAN_I2V_TEXT_TOKENS,
     tiny_allegro_transformer,
     tiny_cogvideox_transformer,
     tiny_hunyuan_transformer,
@@ -36,14 +44,15 @@ from pab.runtime.pipelines import GenerationParams, load_pipeline, validate_para
 
 CLASSES = {"tiny-latte": LattePipeline, "tiny-cogvideox": CogVideoXPipeline, "tiny-wan": WanPipeline,
            "tiny-wan22": WanPipeline, "tiny-hunyuan": HunyuanVideoPipeline, "tiny-allegro": AllegroPipeline,
-           "tiny-mochi": MochiPipeline, "tiny-ltx": LTXPipeline}
+           "tiny-mochi": MochiPipeline, "tiny-ltx": LTXPipeline, "tiny-wan-i2v": WanImageToVideoPipeline,
+           "tiny-cogvideox-i2v": CogVideoXImageToVideoPipeline, "tiny-ltx-i2v": LTXImageToVideoPipeline}
 TRANSFORMERS = {"tiny-latte": tiny_latte_transformer, "tiny-cogvideox": tiny_cogvideox_transformer,
                 "tiny-wan": tiny_wan_transformer, "tiny-hunyuan": tiny_hunyuan_transformer,
                 "tiny-allegro": tiny_allegro_transformer, "tiny-mochi": tiny_mochi_transformer,
                 "tiny-ltx": tiny_ltx_transformer}
 # Besides its default: half of it, but LTXPipeline takes multiples of 32 only and Allegro's VAE decodes 128 px
 # tiles only (tiny.ALLEGRO_SIZE; a larger size decodes many tiles and costs seconds).
-OTHER_SIZE = {"tiny-ltx": 64, "tiny-allegro": None}
+OTHER_SIZE = {"tiny-ltx": 64, "tiny-ltx-i2v": 64, "tiny-allegro": None}
 SIZES = [(name, size) for name, entry in sorted(EMBEDDED_MODELS.items())
          for size in (entry.height, OTHER_SIZE.get(name, entry.height // 2)) if size]
 
@@ -53,9 +62,12 @@ def _run(pipe, name: str, size: int, seed: int = 0, steps: int = 2):
     frame_key = "video_length" if isinstance(pipe, LattePipeline) else "num_frames"
     extra = {"clean_caption": False} if isinstance(pipe, (LattePipeline, AllegroPipeline)) else {}
     if not isinstance(pipe, LattePipeline):
-        extra["max_sequence_length"] = 16
+        # Wan 2.1 I2V's processor assumes its tokenizer's 512 text tokens
+        extra["max_sequence_length"] = 512 if isinstance(pipe, WanImageToVideoPipeline) else 16
+    if "image" in inspect.signature(pipe.__call__).parameters:  # image-to-video: a reference of the output size
+        extra["image"] = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
     return pipe(
-        "a red car drives fast",
+        prompt="a red car drives fast",
         height=size,
         width=size,
         num_inference_steps=steps,
@@ -173,8 +185,9 @@ def test_save_and_reload_offline_gives_identical_output(name, tmp_path, monkeypa
     loaded = load_pipeline(str(tmp_path))  # from_pretrained, plus what serving needs (Allegro's tiled decode)
     assert type(loaded) is type(pipe)
     assert type(loaded.text_encoder) is type(pipe.text_encoder)
-    assert loaded.tokenizer.model_max_length == TEXT_TOKENS
-    components = [c for c in ("text_encoder", "text_encoder_2", "vae", "transformer", "transformer_2")
+    assert loaded.tokenizer.model_max_length == pipe.tokenizer.model_max_length
+    assert pipe.tokenizer.model_max_length == (WAN_I2V_TEXT_TOKENS if name == "tiny-wan-i2v" else TEXT_TOKENS)
+    components = [c for c in ("text_encoder", "text_encoder_2", "image_encoder", "vae", "transformer", "transformer_2")
                   if getattr(pipe, c, None) is not None]
     for component in components:
         saved, reloaded = getattr(pipe, component).state_dict(), getattr(loaded, component).state_dict()
@@ -186,3 +199,13 @@ def test_save_and_reload_offline_gives_identical_output(name, tmp_path, monkeypa
     # Bit-equal weights; outputs may differ in the last float bits because mmap-loaded tensors take other kernels.
     assert abs(a - b).max() < 1e-5
 
+
+
+def test_family_table_names_each_embedded_models_transformer():
+    """`pab.runtime.models.families` knows each model's transformer without loading it: the loaded one's."""
+    from pab.runtime.models.families import EMBEDDED_TRANSFORMERS
+    from pab.runtime.models.registry import EMBEDDED_MODELS as ALL_EMBEDDED
+
+    assert set(EMBEDDED_TRANSFORMERS) == set(ALL_EMBEDDED)
+    for name in ALL_EMBEDDED:
+        assert type(load_pipeline(name).transformer).__name__ == EMBEDDED_TRANSFORMERS[name], name

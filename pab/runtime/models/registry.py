@@ -51,6 +51,10 @@ RANDOM_MODELS: dict[str, EmbeddedModel] = {
                                   width=tiny.ALLEGRO_SIZE, guidance_scale=7.5, fps=15),
     "tiny-mochi": EmbeddedModel(tiny.tiny_mochi_pipeline, num_frames=7, guidance_scale=4.5, fps=30),
     "tiny-ltx": EmbeddedModel(tiny.tiny_ltx_pipeline, num_frames=9, guidance_scale=3.0, fps=24),
+    # image-to-video: requests carry `input_reference` (the card's `image_to_video`)
+    "tiny-wan-i2v": EmbeddedModel(tiny.tiny_wan_i2v_pipeline, num_frames=9, guidance_scale=5.0, fps=16),
+    "tiny-cogvideox-i2v": EmbeddedModel(tiny.tiny_cogvideox_i2v_pipeline, num_frames=9, guidance_scale=6.0),
+    "tiny-ltx-i2v": EmbeddedModel(tiny.tiny_ltx_i2v_pipeline, num_frames=9, guidance_scale=3.0, fps=24),
 }
 """The tiny random-weight pipelines (`tiny`), sized for fast CPU runs."""
 

@@ -25,6 +25,7 @@ from diffusers import (
     AutoencoderKLMochi,
     AutoencoderKLWan,
     CogVideoXDDIMScheduler,
+    CogVideoXImageToVideoPipeline,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
     DDIMScheduler,
@@ -34,17 +35,22 @@ from diffusers import (
     HunyuanVideoTransformer3DModel,
     LattePipeline,
     LatteTransformer3DModel,
+    LTXImageToVideoPipeline,
     LTXPipeline,
     LTXVideoTransformer3DModel,
     MochiPipeline,
     MochiTransformer3DModel,
     UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
 )
 from transformers import (
+    CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaConfig,
     LlamaModel,
     T5Config,
@@ -53,6 +59,10 @@ from transformers import (
     UMT5Config,
     UMT5EncoderModel,
 )
+
+from pab.runtime.models.compat import ensure_prompt_cleaning
+
+ensure_prompt_cleaning()
 
 TEXT_DIM = 32
 """Width of the tiny T5 encoder's output, and hence every tiny transformer's caption/text input."""
@@ -91,7 +101,7 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def tiny_tokenizer() -> T5Tokenizer:
+def tiny_tokenizer(max_length: int = TEXT_TOKENS) -> T5Tokenizer:
     """
     A T5 (Unigram) tokenizer over `VOCABULARY`; built in code, saves and reloads like a real one. Its
     `model_max_length` caps the text length pipelines pad to (`pab.runtime.pipelines` reads it), keeping Wan's cross-attention
@@ -99,7 +109,7 @@ def tiny_tokenizer() -> T5Tokenizer:
     """
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(f"\u2581{word}", -1.0 - 0.01 * i) for i, word in enumerate(VOCABULARY)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=TEXT_TOKENS)
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
 
 
 def _t5_kwargs() -> dict[str, Any]:
@@ -437,3 +447,55 @@ def tiny_ltx_pipeline(seed: int = 0, *, num_layers: int = 2) -> LTXPipeline:
                                                 base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
     transformer = tiny_ltx_transformer(seed, num_layers=num_layers)
     return _assemble(LTXPipeline, tiny_t5_encoder(seed), vae, transformer, scheduler)
+
+
+# ---- image-to-video ------------------------------------------------------------------------------------------------
+
+IMAGE_DIM = 16
+"""Width of the tiny CLIP vision encoder's hidden states, Wan 2.1 I2V's image-token input (`image_dim`)."""
+
+WAN_I2V_TEXT_TOKENS = 512
+"""Wan 2.1 I2V's attention processor splits image tokens from text by assuming exactly 512 text tokens (diffusers
+hard-codes it), so its tokenizer pads to 512 where the text-to-video builds pad to `TEXT_TOKENS`."""
+
+
+def tiny_clip_vision_encoder(seed: int = 0) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+    """Wan 2.1 I2V's image encoder (the pipeline reads its second-to-last hidden state) and its processor: 16 x 16
+    pixels in 8 x 8 patches, so 5 image tokens (4 patches + class) of width `IMAGE_DIM`."""
+    config = CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32, projection_dim=IMAGE_DIM,
+                              num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=8)
+    # the PIL processor: the default one wants torchvision, and warns and falls back to this one without it
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    with _seeded(seed):
+        return CLIPVisionModel(config).eval(), processor
+
+
+def tiny_wan_i2v_pipeline(seed: int = 0, *, num_layers: int = 2) -> WanImageToVideoPipeline:
+    """WanImageToVideoPipeline (Wan 2.1 I2V layout): the transformer takes the noisy latents, the first-frame mask
+    (4 channels, one per frame the VAE folds into a latent one) and the encoded reference video (4) as 12 input
+    channels, and attends to CLIP image tokens beside the text in each cross-attention (`add_k_proj`/`add_v_proj`)."""
+    base = tiny_wan_pipeline(seed, num_layers=num_layers)
+    transformer = tiny_wan_transformer(seed, num_layers=num_layers, in_channels=12, image_dim=IMAGE_DIM,
+                                       added_kv_proj_dim=NUM_HEADS * HEAD_DIM)
+    image_encoder, image_processor = tiny_clip_vision_encoder(seed)
+    pipeline = WanImageToVideoPipeline(tokenizer=tiny_tokenizer(WAN_I2V_TEXT_TOKENS), text_encoder=base.text_encoder,
+                                       vae=base.vae, scheduler=base.scheduler, image_processor=image_processor,
+                                       image_encoder=image_encoder, transformer=transformer)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def tiny_cogvideox_i2v_pipeline(seed: int = 0, *, num_layers: int = 2) -> CogVideoXImageToVideoPipeline:
+    """CogVideoXImageToVideoPipeline: the reference image's latent (noised a little, zero frames after it) is
+    concatenated to the noisy latents on channels, so the transformer takes 8 input channels for 4 out."""
+    base = tiny_cogvideox_pipeline(seed, num_layers=num_layers)
+    transformer = tiny_cogvideox_transformer(seed, num_layers=num_layers, in_channels=8)
+    return _assemble(CogVideoXImageToVideoPipeline, base.text_encoder, base.vae, transformer, base.scheduler)
+
+
+def tiny_ltx_i2v_pipeline(seed: int = 0, *, num_layers: int = 2) -> LTXImageToVideoPipeline:
+    """LTXImageToVideoPipeline: the reference image's latent replaces the first latent frame, whose tokens get
+    timestep 0 (a per-token timestep `[B, tokens]`) and are left out of each scheduler step; same components as
+    `tiny_ltx_pipeline`."""
+    base = tiny_ltx_pipeline(seed, num_layers=num_layers)
+    return _assemble(LTXImageToVideoPipeline, base.text_encoder, base.vae, base.transformer, base.scheduler)

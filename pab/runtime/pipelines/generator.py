@@ -34,6 +34,8 @@ from pab.runtime.stats import GenerationStats, PABCounts, StageTimings
 BATCH_VARIANT_PIPELINES: dict[str, str] = {
     "LattePipeline": "diffusers' Latte pipeline truncates a lone prompt's text embedding to its tokens but zero-pads "
     "a batch's to the longest, so a video made in a batch would differ from the same request alone",
+    "WanImageToVideoPipeline": "diffusers' Wan image-to-video pipeline takes one reference image per call (a list "
+    "of them is refused), so requests with their own images cannot share a denoising loop",
 }
 """Pipelines whose output depends on the batch a request runs in: their requests run one at a time."""
 
@@ -155,6 +157,15 @@ class VideoGenerator:
     ) -> None:
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
+        self.batch_invariant = batch_invariant
+        if batch_invariant:  # same arithmetic alone and in a batch (`batching`); off: diffusers' own, bit for bit
+            # First: it replaces layers' `forward`, and the parallel and PAB hooks must wrap the replacement. After
+            # them it would drop diffusers' context-parallel output gather on `proj_out` (a Linear): LTX-Video and
+            # Wan under sequence parallel then returned one rank's share of the tokens (a shape error).
+            for _, transformer in pipeline_transformers(pipeline):
+                make_batch_invariant(transformer)
+            if getattr(pipeline, "vae", None) is not None:
+                decode_per_sample(pipeline.vae)
         self.parallel = apply_parallel(pipeline, parallel) if parallel is not None else None
         try:
             self.adapter = adapter_for(pipeline.transformer)
@@ -167,12 +178,6 @@ class VideoGenerator:
         self._handles: list[PABHandle] = [
             apply_pab(transformer, self.pab_config, self.adapter) for _, transformer in pipeline_transformers(pipeline)
         ] if self.adapter is not None else []
-        self.batch_invariant = batch_invariant
-        if batch_invariant:  # same arithmetic alone and in a batch (`batching`); off: diffusers' own, bit for bit
-            for _, transformer in pipeline_transformers(pipeline):
-                make_batch_invariant(transformer)
-            if getattr(pipeline, "vae", None) is not None:
-                decode_per_sample(pipeline.vae)
         self._lock = threading.Lock()
         self._card: ModelCard | None = None
         self.compile_report = compile_generator(self, compile) if compile else None
@@ -203,6 +208,13 @@ class VideoGenerator:
     def remix(self) -> bool:
         """Whether requests may carry a source video to edit (`remix`)."""
         return takes_source_video(self.pipeline)
+
+    @property
+    def reference_required(self) -> bool:
+        """Whether a request must carry a reference image: diffusers' image-to-video pipelines cannot start without
+        one (CogVideoX's and Wan's take it positionally, LTX-Video's fails on None); the project's own tiny-shapes
+        conditions on one only when it is given."""
+        return self.image_to_video and type(self.pipeline).__module__.startswith("diffusers.")
 
     @property
     def card(self) -> ModelCard:

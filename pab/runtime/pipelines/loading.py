@@ -10,7 +10,10 @@ import torch
 from diffusers import DiffusionPipeline
 
 from pab.geometry import spatial_scale
+from pab.runtime.models.compat import ensure_prompt_cleaning
 from pab.runtime.models.registry import EMBEDDED_MODELS
+
+ensure_prompt_cleaning()  # also for hub pipelines, before any of them is called
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _FPS_BY_PIPELINE = {"WanPipeline": 16, "HunyuanVideoPipeline": 24, "AllegroPipeline": 15, "MochiPipeline": 30,

@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-_GEOMETRY_ATTRS = ("vae_scale_factor_spatial", "vae_scale_factor", "vae_scale_factor_temporal", "prompt_vocabulary")
+from pab.geometry import describe
+
+_GEOMETRY_ATTRS = ("prompt_vocabulary",)
 
 
 def _jsonable(value: Any) -> bool:
@@ -43,8 +45,9 @@ class ModelCard(BaseModel):
         adapter: The PAB adapter name, or None for a model PAB cannot hook.
         defaults: Generation defaults (`num_frames`, `height`, `width`, `num_inference_steps`, `guidance_scale`,
             `fps`).
-        geometry: The pipeline attributes `pab.runtime.request.params.validate_params` checks requests against (VAE
-            scale factors, the transformer config, and a closed-vocabulary model's words).
+        geometry: What `pab.runtime.request.params.validate_params` checks requests against: the VAE scale
+            factors, the pipeline's own pixel multiple and the VAE's decode tiles (`pab.geometry.describe`), the
+            transformer config, and a closed-vocabulary model's words.
         split: The sequence-parallel split requests must fit (None on one device).
         per_sample_guidance: Whether the pipeline takes one guidance scale per sample, so requests that differ only
             in guidance scale can share a batch.
@@ -54,6 +57,8 @@ class ModelCard(BaseModel):
             carry `input_reference`.
         remix: Whether the pipeline edits a video (`video=` and `strength=` in its `__call__`, as diffusers'
             video-to-video pipelines), so finished videos can be remixed.
+        reference_required: Whether it cannot generate without a reference image (diffusers' image-to-video pipelines), so a
+            request without `input_reference` is refused.
         created: When the card was made (whole seconds).
     """
 
@@ -68,6 +73,7 @@ class ModelCard(BaseModel):
     batch_variance: str | None = None
     image_to_video: bool = False
     remix: bool = False
+    reference_required: bool = False
     created: int
 
     @classmethod
@@ -75,6 +81,7 @@ class ModelCard(BaseModel):
         """Describe a `pab.runtime.pipelines.VideoGenerator`'s pipeline and its sequence-parallel split."""
         pipeline = generator.pipeline
         geometry = {a: getattr(pipeline, a) for a in _GEOMETRY_ATTRS if getattr(pipeline, a, None) is not None}
+        geometry.update(describe(pipeline))
         geometry["transformer_config"] = {k: v for k, v in dict(pipeline.transformer.config).items() if _jsonable(v)}
         adapter = generator.adapter.name if generator.adapter is not None else None
         handle = generator.parallel
@@ -85,7 +92,8 @@ class ModelCard(BaseModel):
         return cls(name=name, adapter=adapter, defaults=dict(generator.defaults), geometry=geometry, split=split,
                    per_sample_guidance=bool(getattr(pipeline, "per_sample_guidance", False)),
                    batch_variance=generator.batch_variance, image_to_video=generator.image_to_video,
-                   remix=generator.remix,                   created=int(time.time()))
+                   remix=generator.remix, reference_required=generator.reference_required,
+                   created=int(time.time()))
 
     def pipeline_view(self) -> SimpleNamespace:
         """A stand-in with the attributes `validate_params` reads, so validation needs no weights."""
@@ -94,12 +102,13 @@ class ModelCard(BaseModel):
 
     @property
     def temporal_compression(self) -> int:
-        return int(self.geometry.get("vae_scale_factor_temporal") or 1)
+        return int(self.geometry.get("temporal_scale") or 1)
 
     def frames_for_seconds(self, seconds: float, fps: int) -> int:
-        """The valid frame count nearest to `seconds` of video (a VAE that compresses time by k needs k*n+1)."""
+        """The valid frame count nearest to `seconds` of video (a VAE that compresses time by k needs k*n+1, and
+        one that decodes b latent frames at a time k*b*n+1)."""
         frames = max(1, round(seconds * fps))
-        k = self.temporal_compression
+        k = self.temporal_compression * int(self.geometry.get("decode_frame_batch") or 1)
         return max(1, round((frames - 1) / k) * k + 1) if k > 1 else frames
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from pab.geometry import decode_tiles, patch_sizes, spatial_scale, temporal_scale
+from pab.geometry import decode_frame_batch, decode_tiles, patch_sizes, pixel_multiple, spatial_scale, temporal_scale
 
 if TYPE_CHECKING:  # annotations only: importing them is what this module exists to avoid
     from diffusers import DiffusionPipeline
@@ -140,22 +140,17 @@ def _check_vocabulary(pipeline: DiffusionPipeline, params: GenerationParams) -> 
 
 def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> None:
     """
-    Reject sizes the pipeline would silently change: height/width must be multiples of VAE scale x patch size,
-    the frame count must survive temporal compression exactly, and Latte takes only its trained `video_length`;
-    and, for a model with a closed vocabulary, prompts it cannot read.
+    Reject sizes the pipeline would silently change or refuse mid-job: height/width must be multiples of VAE
+    scale x patch size and of the pipeline's own pixel multiple, the frame count must survive temporal compression
+    exactly, Latte takes only its trained `video_length`, a tiled-only VAE only whole tiles; and, for a model with a
+    closed vocabulary, prompts it cannot read.
     """
     _check_vocabulary(pipeline, params)
     transformer = pipeline.transformer
     config = transformer.config
     patch_t, patch_h, patch_w = patch_sizes(transformer)
     scale = spatial_scale(pipeline)
-    for name, patch in (("height", patch_h), ("width", patch_w)):
-        value, multiple = getattr(params, name), scale * patch
-        if value is None or value % multiple:
-            near = max(multiple, round((value or 0) / multiple) * multiple)
-            raise GenerationParamsError(
-                name, f"must be a multiple of {multiple} for this model (VAE x{scale} x patch {patch}), got {value}; try {near}"
-            )
+    _check_pixels(pipeline, params, scale, patch_h, patch_w)
     frames = params.num_frames
     if frames is None:
         raise GenerationParamsError("num_frames", "is required")
@@ -175,6 +170,13 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
         raise GenerationParamsError(
             "num_frames", f"must give a latent frame count divisible by the temporal patch {patch_t}, got {frames} ({latent_frames} latent)"
         )
+    batch = decode_frame_batch(pipeline)
+    if batch and (latent_frames - 1) % batch:
+        near = max(1, round((latent_frames - 1) / batch)) * batch * tscale + 1
+        raise GenerationParamsError(
+            "num_frames", f"must be {batch * tscale}k+1 for this model (its VAE decodes {batch} latent frames at a "
+            f"time and needs {batch}k+1 of them), got {frames} ({latent_frames} latent); try {near}"
+        )
     _check_tiles(pipeline, latent_frames, params.height // scale, params.width // scale)
     rope_max = config.get("rope_max_seq_len")
     if rope_max:
@@ -182,6 +184,19 @@ def validate_params(pipeline: DiffusionPipeline, params: GenerationParams) -> No
                              ("width", params.width // scale // patch_w)):
             if length > rope_max:
                 raise GenerationParamsError(name, f"is too large: {length} positions after patching, the model's rotary table holds {rope_max}")
+
+
+def _check_pixels(pipeline: DiffusionPipeline, params: GenerationParams, scale: int, patch_h: int, patch_w: int) -> None:
+    """Height and width: multiples of what the latents need (VAE scale x patch) and of the pipeline's own check."""
+    own = pixel_multiple(pipeline)
+    for name, patch in (("height", patch_h), ("width", patch_w)):
+        value, multiple = getattr(params, name), math.lcm(scale * patch, own)
+        if value is None or value % multiple:
+            near = max(multiple, round((value or 0) / multiple) * multiple)
+            why = f"VAE x{scale} x patch {patch}" + (f", and the pipeline takes multiples of {own}" if own > 1 else "")
+            raise GenerationParamsError(
+                name, f"must be a multiple of {multiple} for this model ({why}), got {value}; try {near}"
+            )
 
 
 def _check_tiles(pipeline: DiffusionPipeline, frames: int, height: int, width: int) -> None:

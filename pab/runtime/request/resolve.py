@@ -117,6 +117,9 @@ def check_conditioning(card: ModelCard, request: GenerationRequest) -> None:
     """A reference image needs an image-to-video pipeline, a remix a video-to-video one; either must already have
     the request's size (and frames), and one request carries at most one of them."""
     reference, source = request.input_reference, request.remix
+    if reference is None and source is None and card.reference_required:
+        raise RequestError("input_reference", f"input_reference: model {card.name!r} generates from an image "
+                           "(image-to-video) and needs one; send input_reference (the image the video starts from)")
     if reference is not None and source is not None:
         raise RequestError("input_reference", "input_reference: a remix cannot also take a reference image")
     if reference is not None:

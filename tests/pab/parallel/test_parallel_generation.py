@@ -14,7 +14,7 @@ import pytest
 
 from pab.parallel.launch import RankOutcome, run_ranks
 
-from .workers import GENERATOR_MODELS, Case, fail_mid_generation, generate, run_cases, video_generator
+from .workers import BATCH_INVARIANT_MODELS, GENERATOR_MODELS, Case, fail_mid_generation, generate, run_cases, video_generator
 
 pytestmark = pytest.mark.slow  # one ~30 s process start-up and run per world size, shared by all tests here
 
@@ -34,7 +34,15 @@ CASES = {
         Case("ltx-video", 2, 1, "auto", "PAB-246"),
         Case("ltx-video", 1, 2, "auto", "PAB-246"),
         Case("allegro", 1, 2, "auto", "PAB-246"),  # no sequence split for Allegro and Mochi: CFG parallel only
-        Case("mochi", 1, 2, "auto", "none"),  # "none": Mochi's rising timesteps need a hooks change (test_models)
+        Case("mochi", 1, 2, "auto", "PAB-246"),  # the hooks read Mochi's rising timesteps back (test_models)
+        # image-to-video: the I2V transformers' extra inputs (Wan's image tokens and 12 channels, CogVideoX's 8,
+        # LTX-Video's per-token timestep) split with the video or stay whole, and the bytes are the schedule's
+        Case("wan-i2v", 2, 1, "auto", "PAB-246"),
+        Case("wan-i2v", 1, 2, "auto", "PAB-246"),
+        Case("cogvideox-i2v", 2, 1, "auto", "PAB-246"),
+        Case("cogvideox-i2v", 1, 2, "auto", "PAB-246"),
+        Case("ltx-i2v", 2, 1, "auto", "PAB-246"),
+        Case("ltx-i2v", 1, 2, "auto", "PAB-246"),
     ],
     4: [
         Case("latte", 4, 1, "dsp", "PAB-246"),
@@ -47,6 +55,8 @@ CASES = {
         Case("wan22", 2, 2, "auto", "PAB-246"),
         Case("ltx-video", 2, 2, "auto", "PAB-246"),
         Case("ltx-video", 4, 1, "auto", "none"),
+        Case("ltx-i2v", 2, 2, "auto", "PAB-246"),
+        Case("wan-i2v", 4, 1, "auto", "PAB-246"),
     ],
 }
 ALL = [(world, case) for world, cases in CASES.items() for case in cases]
@@ -154,6 +164,17 @@ def test_video_generator_parallel_equals_single_process(outcomes, model: str) ->
         assert comm["issued"][attention]["all_to_all"]["calls"] > 0 and comm["skipped_bytes"] > 0
         assert comm == got["predicted_comm"], f"rank {o.rank}"
         assert got["stats"]["kinds"] == expected["stats"]["kinds"], "same broadcast decisions as one process"
+
+
+@pytest.mark.parametrize("model", BATCH_INVARIANT_MODELS)
+def test_batch_invariant_generator_splits_like_the_plain_one(outcomes, model: str) -> None:
+    """`batch_invariant=True` (the serving workers' setting) with diffusers' context parallel: the same frames as
+    the plain parallel run and the schedule's bytes (it used to drop the plan's output gather: a shape error)."""
+    for o in outcomes[2]:
+        got, plain = o.value["batch_invariant"][model], o.value["generator"][model]
+        assert np.abs(got["frames"].astype(int) - plain["frames"].astype(int)).max() <= 1
+        assert got["stats"]["comm"] == got["predicted_comm"] == plain["stats"]["comm"], f"rank {o.rank}"
+        assert got["stats"]["kinds"] == plain["stats"]["kinds"]
 
 
 def test_failed_rank_makes_peers_fail_fast() -> None:

@@ -18,6 +18,8 @@ from pab.presets import get_preset
 from pab.runtime.models import tiny as testing
 from pab.runtime.pipelines import GenerationParams, VideoGenerator, load_pipeline
 from pab.runtime.pipelines.generator import combined_stats
+from pab.runtime.request.conditioning import ReferenceImage
+from pab.runtime.request.request import GenerationRequest
 from pab.stats import STAT_KINDS, PABStats
 
 STEPS = 6
@@ -29,8 +31,20 @@ BUILDERS = {
     "ltx-video": testing.tiny_ltx_pipeline,
     "allegro": testing.tiny_allegro_pipeline,
     "mochi": testing.tiny_mochi_pipeline,
+    "wan-i2v": testing.tiny_wan_i2v_pipeline,
+    "cogvideox-i2v": testing.tiny_cogvideox_i2v_pipeline,
+    "ltx-i2v": testing.tiny_ltx_i2v_pipeline,
 }
-ADAPTER = {"wan22": "wan"}  # the model key of a case -> its adapter (presets, schedule)
+ADAPTER = {"wan22": "wan", "wan-i2v": "wan", "cogvideox-i2v": "cogvideox", "ltx-i2v": "ltx-video"}
+"""The model key of a case -> its adapter (presets, schedule), where they differ."""
+IMAGE_TO_VIDEO = ("wan-i2v", "cogvideox-i2v", "ltx-i2v")
+
+
+def reference_image(size: int) -> Any:
+    """The PIL reference image every rank conditions an image-to-video case on (same pixels on every rank)."""
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(11).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
 @dataclass(frozen=True)
@@ -59,8 +73,12 @@ def call_kwargs(model: str, guidance: float, size: int = 32) -> dict[str, Any]:
         kwargs.update(max_sequence_length=16)
     if model == "allegro":
         kwargs.update(clean_caption=False, height=testing.ALLEGRO_SIZE, width=testing.ALLEGRO_SIZE)
-    if model in ("ltx-video", "mochi", "allegro"):
+    if model in ("ltx-video", "mochi", "allegro", "ltx-i2v"):
         kwargs.update(max_sequence_length=testing.TEXT_TOKENS)
+    if model == "cogvideox-i2v":
+        kwargs.update(max_sequence_length=16)
+    if model in IMAGE_TO_VIDEO:
+        kwargs.update(image=reference_image(size))
     return kwargs
 
 
@@ -173,15 +191,24 @@ def shape_errors() -> dict[str, tuple[str, str | None, str]]:
     return out
 
 
-GENERATOR_MODELS = {"latte": "tiny-latte", "ltx-video": "tiny-ltx", "wan22": "tiny-wan22"}
+GENERATOR_MODELS = {"latte": "tiny-latte", "ltx-video": "tiny-ltx", "wan22": "tiny-wan22", "wan-i2v": "tiny-wan-i2v",
+                    "ltx-i2v": "tiny-ltx-i2v"}
 """Families run through the serving front door with sequence parallel (model key -> embedded model)."""
+BATCH_INVARIANT_MODELS = ("ltx-video", "wan22", "ltx-i2v")
+"""...and again as the serving workers run them (`batch_invariant=True`, diffusers' context parallel underneath)."""
 
 
-def video_generator(model: str, parallel: ParallelConfig | None) -> dict[str, Any]:
-    """The serving front door with parallel= set: frames, the stats dict it reports and the schedule's prediction."""
-    gen = VideoGenerator(load_pipeline(GENERATOR_MODELS[model]), pab="PAB-246", parallel=parallel)
+def video_generator(model: str, parallel: ParallelConfig | None, batch_invariant: bool = False) -> dict[str, Any]:
+    """The serving front door with parallel= set: frames, the stats dict it reports and the schedule's prediction;
+    image-to-video models get a `ReferenceImage` as a served request carries it."""
+    gen = VideoGenerator(load_pipeline(GENERATOR_MODELS[model]), pab="PAB-246", parallel=parallel,
+                         batch_invariant=batch_invariant)
     seen = _capture_input(gen.pipeline.transformer)
-    result = gen.generate(GenerationParams(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS))
+    reference = None
+    if model in IMAGE_TO_VIDEO:
+        reference = ReferenceImage.from_rgb(np.asarray(reference_image(gen.defaults["width"])))
+    result = gen.generate(GenerationRequest(prompt="a dog swims in the lake", seed=3, num_inference_steps=STEPS,
+                                            input_reference=reference))
     out = {"frames": result.frames, "stats": result.stats.pab.model_dump()}
     if parallel is not None:
         timesteps = [float(t) for t in gen.pipeline.scheduler.timesteps]
@@ -196,6 +223,8 @@ def run_cases(rank: int, cases: list[Case], extras: bool = False) -> dict[str, A
     if extras:  # errors first: the cases after them prove the group is still in step
         out["errors"] = shape_errors()
         out["generator"] = {m: video_generator(m, ParallelConfig(sp_degree=2, timeout_s=60)) for m in GENERATOR_MODELS}
+        out["batch_invariant"] = {m: video_generator(m, ParallelConfig(sp_degree=2, timeout_s=60), batch_invariant=True)
+                                  for m in BATCH_INVARIANT_MODELS}
     out.update({case.name: generate(case, parallel=True, groups_cache=groups) for case in cases})
     return out
 
