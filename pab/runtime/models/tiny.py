@@ -14,6 +14,11 @@ import contextlib
 from typing import Any, Iterator
 
 import torch
+
+from pab.runtime.models.compat import ensure_prompt_cleaning
+
+ensure_prompt_cleaning()  # first: it imports WanImageToVideoPipeline's module quietly (see compat)
+
 from diffusers import (
     AllegroPipeline,
     AllegroTransformer3DModel,
@@ -60,9 +65,6 @@ from transformers import (
     UMT5EncoderModel,
 )
 
-from pab.runtime.models.compat import ensure_prompt_cleaning
-
-ensure_prompt_cleaning()
 
 TEXT_DIM = 32
 """Width of the tiny T5 encoder's output, and hence every tiny transformer's caption/text input."""
