@@ -149,6 +149,12 @@ def test_remix_rules_unfinished_source_other_tenant_unknown_id_and_strength(shap
     remix = alice.http.post(f"/v1/videos/{mine['id']}/remix", json={"prompt": "a blue disc moving up", "strength": 0.5})
     assert remix.status_code == 200 and alice.wait(remix.json()["id"])["status"] == "completed"
     assert api.http.delete(f"/v1/videos/{long['id']}").status_code == 200
+    # alice's queue limit (max_queued_jobs 2) applies to remixes as to creates
+    held = [alice.create(prompt="a red disc moving up", steps=200, seed=s) for s in (11, 12)]
+    full = alice.http.post(f"/v1/videos/{mine['id']}/remix", json={"prompt": "a blue disc moving up"})
+    assert full.status_code == 429 and "Retry-After" in full.headers, full.text
+    for job in held:
+        assert alice.http.delete(f"/v1/videos/{job['id']}").status_code == 200
 
 
 def test_an_image_to_video_job_rerun_after_a_killed_worker_reproduces_the_same_bytes(shapes_app, tmp_path):
