@@ -49,15 +49,8 @@ def decode_frames(png: bytes, num_frames: int) -> np.ndarray:
     return strip.reshape(num_frames, -1, *strip.shape[1:])
 
 
-class ReferenceImage(BaseModel):
-    r"""
-    An RGB image already fitted to the request's `width` x `height`.
-
-    Args:
-        png: The fitted image, PNG-encoded (lossless: a re-run decodes the same uint8 pixels).
-        width, height: Its size in pixels; `resolve` checks they equal the request's.
-        sha256: Hex digest of `png`, for logs and the Video object (the pixels themselves never go there).
-    """
+class _LosslessPixels(BaseModel):
+    """Pixels that travel as one PNG (base64 in JSON) with their size and digest, checked on every load."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
@@ -67,10 +60,21 @@ class ReferenceImage(BaseModel):
     sha256: str
 
     @model_validator(mode="after")
-    def _digest_matches(self) -> "ReferenceImage":
+    def _digest_matches(self) -> "_LosslessPixels":
         if hashlib.sha256(self.png).hexdigest() != self.sha256:
             raise ValueError("sha256 does not match the PNG bytes")
         return self
+
+
+class ReferenceImage(_LosslessPixels):
+    r"""
+    An RGB image already fitted to the request's `width` x `height`.
+
+    Args:
+        png: The fitted image, PNG-encoded (lossless: a re-run decodes the same uint8 pixels).
+        width, height: Its size in pixels; `resolve` checks they equal the request's.
+        sha256: Hex digest of `png`, for logs and the Video object (the pixels themselves never go there).
+    """
 
     @classmethod
     def from_rgb(cls, rgb: np.ndarray) -> "ReferenceImage":
@@ -94,7 +98,7 @@ that level. On tiny-shapes, 0.7 and up turn "red" into "blue" on every measured 
 diffusers' CogVideoX video-to-video pipeline defaults to 0.8 too."""
 
 
-class SourceVideo(BaseModel):
+class SourceVideo(_LosslessPixels):
     r"""
     What a remix edits: the source job's exact frames and how strongly to change them (SDEdit).
 
@@ -106,21 +110,9 @@ class SourceVideo(BaseModel):
         strength: In (0, 1]: 1 ignores the source (text-to-video from the seed), smaller keeps more of it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
-
     video_id: str = Field(max_length=64)
-    png: bytes = Field(repr=False)
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
     num_frames: int = Field(ge=1)
-    sha256: str
     strength: float = Field(DEFAULT_STRENGTH, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _digest_matches(self) -> "SourceVideo":
-        if hashlib.sha256(self.png).hexdigest() != self.sha256:
-            raise ValueError("sha256 does not match the PNG bytes")
-        return self
 
     @classmethod
     def from_png(cls, video_id: str, png: bytes, num_frames: int, strength: float = DEFAULT_STRENGTH) -> "SourceVideo":
