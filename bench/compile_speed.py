@@ -28,6 +28,8 @@ from pab import apply_pab, get_preset
 
 HERE = Path(__file__).parent
 CPP = {"cpp_wrapper": True}
+FROZEN = {"freezing": True}  # weights as constants: CPU linear weights prepacked once, no parameter inputs
+FROZEN_CPP = {"freezing": True, "cpp_wrapper": True}
 # name -> (preset or None for the bare model, how to compile: None eager, "pab" PABHandle.compile, "naive" whole
 # model, "plain" the bare model; inductor options)
 VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None]] = {
@@ -41,6 +43,11 @@ VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None]] = {
     "compiled none, cpp_wrapper": ("none", "pab", CPP),
     "compiled PAB-246, cpp_wrapper": ("PAB-246", "pab", CPP),
     "compiled step3f, cpp_wrapper": ("step3f", "pab", CPP),
+    "compiled none, freezing": ("none", "pab", FROZEN),
+    "compiled PAB-246, freezing": ("PAB-246", "pab", FROZEN),
+    "compiled none, freezing+cpp_wrapper": ("none", "pab", FROZEN_CPP),
+    "compiled PAB-246, freezing+cpp_wrapper": ("PAB-246", "pab", FROZEN_CPP),
+    "compiled step3f, freezing+cpp_wrapper": ("step3f", "pab", FROZEN_CPP),
     "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None),
 }
 
@@ -69,7 +76,7 @@ def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None, o
 def build_variants(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]], items: list[Any],
                    names: list[str]) -> tuple[list[Variant], dict[str, Callable[[Any], float]], dict[str, dict]]:
     """One copy per variant, warmed up one after the other so each one's graphs and compile time are its own."""
-    variants, runners, warm = [], {}, {}
+    variants, runners, warm, outputs = [], {}, {}, {}
     for name in names:
         preset, how, options = VARIANTS[name]
         transformer, run = make_runner()
@@ -81,13 +88,26 @@ def build_variants(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[An
         warm[name] = {"first_s": first, "steady_s": steady, "warm_up_s": first - steady,
                       "graphs": graphs1 - graphs0, "graph_breaks": breaks1 - breaks0}
         again = _graphs()
-        run(items[0])
+        outputs[name] = run(items[0])
         warm[name]["recompiles_after_warm_up"] = _graphs()[0] - again[0]
         print(f"{name}: warm-up {first - steady:.1f} s, {graphs1 - graphs0} graphs, {breaks1 - breaks0} breaks",
               flush=True)
         runners[name] = run
         variants.append(Variant(name, lambda: None, lambda: None))
+    for name, diff in output_diffs(outputs).items():
+        warm[name]["max_abs_diff_vs_eager"] = diff
     return variants, runners, warm
+
+
+def output_diffs(outputs: dict[str, Any]) -> dict[str, float | None]:
+    """Each variant's video against the eager variant of the same PAB setting (same seed): compiling must not change
+    what is computed beyond float reordering. None where there is no output or no eager twin in the run."""
+    diffs = {}
+    for name, out in outputs.items():
+        preset = VARIANTS[name][0]
+        twin = outputs.get("eager none" if preset in (None, "none") else f"eager {preset}")
+        diffs[name] = None if out is None or twin is None else float((out - twin).abs().max())
+    return diffs
 
 
 def tiny_shapes_runner(args: argparse.Namespace) -> Callable[[], tuple[torch.nn.Module, Callable[[Any], float]]]:
@@ -98,9 +118,9 @@ def tiny_shapes_runner(args: argparse.Namespace) -> Callable[[], tuple[torch.nn.
     def make() -> tuple[torch.nn.Module, Callable[[Any], float]]:
         pipe = copy.deepcopy(base)
 
-        def run(pair: tuple[str, int]) -> None:
-            pipe(pair[0], generator=torch.Generator().manual_seed(pair[1]), num_inference_steps=args.steps,
-                 guidance_scale=args.guidance_scale, output_type="np")
+        def run(pair: tuple[str, int]) -> torch.Tensor:
+            return pipe(pair[0], generator=torch.Generator().manual_seed(pair[1]), num_inference_steps=args.steps,
+                        guidance_scale=args.guidance_scale, output_type="pt").frames
 
         return pipe.transformer, run
 
@@ -118,23 +138,28 @@ def latte_random_runner(args: argparse.Namespace) -> Callable[[], tuple[torch.nn
     def make() -> tuple[torch.nn.Module, Callable[[Any], float]]:
         model = copy.deepcopy(base)
         loop = Loop(model, args)
-        return model, lambda _: loop.run()  # returns its own wall time; interleave measures both clocks
+        return model, lambda _: loop.run() and None  # speed only: no output to compare
 
     return make
+
+
+def _diff(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
 
 
 def report(times: dict[str, list[float]], warm: dict[str, dict[str, Any]], clock: str) -> str:
     speed = speedups(times, "eager none")
     lines = [f"| variant | speedup vs eager none, {clock} (median [min..max]) | warm-up s (wall) | graphs | "
-             "graph breaks | recompiles after warm-up |", "|---|---|---|---|---|---|"]
+             "graph breaks | recompiles after warm-up | max abs diff vs eager, same PAB |",
+             "|---|---|---|---|---|---|---|"]
     for name in times:
         med, lo, hi = speed[name]
         w = warm[name]
         lines.append(f"| {name} | {med:.2f}x [{lo:.2f}..{hi:.2f}] | {w['warm_up_s']:.1f} | {w['graphs']} | "
-                     f"{w['graph_breaks']} | {w['recompiles_after_warm_up']} |")
+                     f"{w['graph_breaks']} | {w['recompiles_after_warm_up']} | {_diff(w.get('max_abs_diff_vs_eager'))} |")
     eager = speed["eager PAB-246"][0]
     lines.append("")
-    for suffix in ("", ", cpp_wrapper"):
+    for suffix in ("", ", cpp_wrapper", ", freezing", ", freezing+cpp_wrapper"):
         if f"compiled PAB-246{suffix}" not in times or f"compiled none{suffix}" not in times:
             continue
         within = speedups(times, f"compiled none{suffix}")[f"compiled PAB-246{suffix}"][0]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .adapters import MLP_KIND, ModelAdapter, adapter_for
+from .compiled import PlanCompiler
 from .config import TIMESTEP_SCALE, PABConfig, PABConfigError
 from .forecast import ForecastHistory
 from .stats import OTHER_KIND, PABStats, comm_scope
@@ -102,7 +103,7 @@ class TimestepHook(ModelHook):
         self.context = StateManager(_ContextOnly)  # diffusers' cache_context() sets names on StateManager attributes
         self.broadcast_hooks: list[BroadcastHook] = []
         self.steps = StepCache()
-        self.compiled_forward: Callable[..., Any] | None = None
+        self.compiler: PlanCompiler | None = None
 
     def _read_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
         context = self.context._context
@@ -129,10 +130,12 @@ class TimestepHook(ModelHook):
             return cached
         for hook in self.broadcast_hooks:
             hook.plan(timestep)
+        forward = self.fn_ref.original_forward if self.compiler is None else self.compiler(
+            tuple(hook.reuse is not None for hook in self.broadcast_hooks))
         log: list[tuple[str, int]] = []
         try:
             with comm_scope(state.stats, OTHER_KIND, log):
-                output = (self.compiled_forward or self.fn_ref.original_forward)(*args, **kwargs)
+                output = forward(*args, **kwargs)
         finally:
             for hook in self.broadcast_hooks:
                 hook.commit(timestep)
@@ -279,7 +282,7 @@ class PABHandle:
 
     @property
     def compiled(self) -> bool:
-        return self._root.compiled_forward is not None
+        return self._root.compiler is not None
 
     def compile(self, **options: Any) -> None:
         """
@@ -289,13 +292,14 @@ class PABHandle:
             options: passed to `torch.compile` (`backend`, `mode`, `fullgraph`, `dynamic`, ...).
 
         The decisions for a forward are made before it runs, so the compiled forward holds no graph break; it is
-        specialised on which modules broadcast, one graph per distinct combination. Those combinations repeat with
-        the pyramid's period (PAB-246 on Latte: 5 in any number of steps), so nothing recompiles step after step.
+        specialised on which modules broadcast, one graph per distinct combination (`pab.compiled`, each with its
+        own dynamo cache, picked by a dict lookup). Those combinations repeat with the pyramid's period (PAB-246 on
+        Latte: 5 in any number of steps), so nothing recompiles step after step.
         """
-        self._root.compiled_forward = torch.compile(self._root.fn_ref.original_forward, **options)
+        self._root.compiler = PlanCompiler(self._root.fn_ref.original_forward, options)
 
     def uncompile(self) -> None:
-        self._root.compiled_forward = None
+        self._root.compiler = None
 
     @property
     def config(self) -> PABConfig:
