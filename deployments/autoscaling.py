@@ -1,10 +1,12 @@
 """Queue-driven scaling of the generator and back-pressure at the ingress.
 
-Autoscaling needs no custom policy. A generator replica runs one generation at a time (`max_ongoing_requests=1`), and
-the ingress dispatches every accepted job to the generator at once as a handle call (a job restored from the store
-after an ingress restart is dispatched again at start). So every job that is waiting or running is a request Serve
-sees: running at a replica, or queued at the ingress's handle. Serve's default policy with
-`target_ongoing_requests=1` then asks for `waiting + running` replicas, bounded by `min_replicas`/`max_replicas`.
+Autoscaling needs no custom policy. The ingress dispatches every accepted job to the generator at once as a handle
+call (a job restored from the store after an ingress restart is dispatched again at start), and a replica takes up to
+`max_ongoing_requests` of them (default twice `engine.max_batch_size`) into its engine, which runs them in batches.
+So every job that is waiting or running is a request Serve sees: in a replica's engine, or queued at the ingress's
+handle. Serve's default policy with `target_ongoing_requests=1` then asks for `waiting + running` replicas, bounded
+by `min_replicas`/`max_replicas`. A job already in one replica's engine stays there when another replica starts;
+only jobs dispatched after it is up reach the new replica.
 
 Back-pressure: past `max_jobs` jobs in flight at one ingress replica (waiting + running), `POST /v1/videos` answers
 429 with `Retry-After` and an OpenAI-shaped error before a job exists, so an accepted job is never dropped. Like

@@ -41,19 +41,28 @@ def test_a_burst_starts_a_second_replica_that_serves_and_then_scales_down(app: A
     wait_for(lambda: replicas_running(APP) == 1, 60, "one generator replica before the burst")
     ids = [app.create(prompt=f"burst {i}", seed=i, steps=BURST_STEPS)["id"] for i in range(BURST)]
 
-    def second_replica_running() -> bool:
-        # A new replica takes a while to load its workers on a busy machine: keep two jobs waiting meanwhile, so
-        # there is still work for it when it comes up (bounded by MAX_JOBS).
+    def top_up() -> None:
+        # Keep two jobs waiting (bounded by MAX_JOBS): a new replica takes a while to load its workers on a busy
+        # machine, and the jobs dispatched before it came up stay in the first replica's engine queue, so only
+        # jobs sent after it is up can reach it.
         if len(ids) < MAX_JOBS and sum(app.get(i)["status"] == "queued" for i in ids) < 2:
             ids.append(app.create(prompt=f"top-up {len(ids)}", seed=len(ids), steps=BURST_STEPS)["id"])
+
+    def second_replica_running() -> bool:
+        top_up()
         return replicas_running(APP) == 2
 
+    def both_replicas_completed_jobs() -> bool:
+        # The per-replica job counters they export (Serve tags each replica); top up until the new one has served.
+        if len(replicas_that_completed_jobs(APP)) == 2:
+            return True
+        top_up()
+        return False
+
     wait_for(second_replica_running, 240, "Serve to start a second generator replica for the queue", 1.0)
+    wait_for(both_replicas_completed_jobs, 240, "jobs counted on both generator replicas", 1.0)
     videos = [app.wait(i, timeout=240) for i in ids]
     assert [v["status"] for v in videos] == ["completed"] * len(ids), [v["error"] for v in videos]
-
-    # Both replicas generated videos: the per-replica job counters they export (Serve tags each replica).
-    served = wait_for(lambda: len(replicas_that_completed_jobs(APP)) == 2, 30, "jobs counted on two replicas")
-    assert served
+    assert len(replicas_that_completed_jobs(APP)) == 2
 
     wait_for(lambda: replicas_running(APP) == 1, 120, "the deployment to scale back to min_replicas=1")
