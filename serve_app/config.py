@@ -337,6 +337,18 @@ class AppConfig(BaseModel):
                 raise ValueError(f"{exc.field}: model {self.model!r}: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _compile_is_valid(self) -> "AppConfig":
+        """A bad `compile` setting (an unknown field, or with more than one worker per replica) is a config error
+        now, not workers that fail to load."""
+        from pab.runtime.pipelines.compile import CompileConfigError, resolve_compile
+
+        try:
+            resolve_compile(self.compile, ParallelConfig(sp_degree=self.sp_degree, cfg_degree=self.cfg_degree))
+        except CompileConfigError as exc:
+            raise ValueError(f"compile: {exc}") from None
+        return self
+
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model

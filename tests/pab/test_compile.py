@@ -13,6 +13,7 @@ from diffusers import DDIMScheduler
 from torch._dynamo.utils import counters
 
 from pab import apply_pab, get_preset
+from pab.parallel import ParallelConfig
 from pab.runtime.models.tiny import tiny_latte_transformer
 from pab.runtime.pipelines import GenerationParams, VideoGenerator
 from pab.runtime.pipelines.compile import CompileConfig, CompileConfigError, compile_generator
@@ -136,12 +137,95 @@ def test_compile_config_is_validated_and_refuses_parallel():
         CompileConfig(mode="max-autotune-no-cudagraphs", options={"cpp_wrapper": True})
     with pytest.raises(CompileConfigError, match="bool or a mapping"):
         CompileConfig.resolve("inductor")
+    split = SimpleNamespace(config=ParallelConfig(sp_degree=2), pab_handle=None)
     with pytest.raises(CompileConfigError, match="sp_degree=1"):
-        compile_generator(SimpleNamespace(parallel=object(), pab_handle=None), True)
+        compile_generator(SimpleNamespace(parallel=split, pab_handle=None), True)
+
+
+def test_video_generator_refuses_compile_with_parallel_before_applying_anything():
+    pipeline = random_tiny_shapes(0)
+    for parallel in (ParallelConfig(sp_degree=2), ParallelConfig(cfg_degree=2)):
+        with pytest.raises(CompileConfigError, match="sp_degree=1 and cfg_degree=1"):
+            VideoGenerator(pipeline, pab="PAB-246", parallel=parallel, compile=True)
+    # Nothing was applied: no process group was asked for, no hook is left on the transformer.
+    assert getattr(pipeline.transformer, "_pab_handle", None) is None
+    assert getattr(pipeline.transformer, "_pab_parallel", None) is None
+    assert not pipeline.transformer._forward_hooks and not pipeline.transformer._forward_pre_hooks
+
+
+def test_one_process_parallel_setting_compiles(tmp_path):
+    """sp_degree = cfg_degree = 1 installs no collective: the serving workers pass it (in a one-process group), and
+    compile works with it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        generator = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", parallel=ParallelConfig(),
+                                   defaults={"num_inference_steps": 4}, compile={"backend": "eager"})
+        assert generator.parallel is not None and generator.pab_handle.compiled
+        assert generator.compile_report.graphs >= 2 and generator.compile_report.graph_breaks == 0
+    finally:
+        dist.destroy_process_group()
 
 
 def test_serving_config_exposes_compile_off_by_default():
     from serve_app.config import AppConfig
 
     assert AppConfig().compile is False
-    assert AppConfig(compile={"mode": "max-autotune-no-cudagraphs"}).compile == {"mode": "max-autotune-no-cudagraphs"}
+    assert AppConfig(compile={"mode": "max-autotune-no-cudagraphs"}, sp_degree=1).compile == {
+        "mode": "max-autotune-no-cudagraphs"}
+    assert AppConfig(compile=True, sp_degree=1).compile is True
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"compile": True}, "compile: compile is not supported with sequence or CFG parallel"),  # default sp_degree=2
+    ({"compile": True, "sp_degree": 1, "cfg_degree": 2}, "use sp_degree=1 and cfg_degree=1"),
+    ({"compile": {"backnd": "eager"}, "sp_degree": 1}, "compile: unknown compile field"),
+    ({"compile": {"mode": "max-autotune", "options": {"cpp_wrapper": True}}, "sp_degree": 1}, "mode or options"),
+])
+def test_serving_config_refuses_a_compile_setting_the_workers_cannot_load(fields, message):
+    from pydantic import ValidationError
+
+    from serve_app.config import AppConfig
+
+    with pytest.raises(ValidationError, match=message):
+        AppConfig(**fields)
+
+
+class _TwoLinears(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _linear_kernels(call, x: torch.Tensor) -> set[str]:
+    """The linear-layer ops one (already compiled) call runs, from the profiler."""
+    with torch.profiler.profile() as prof:
+        call(x)
+    return {e.name for e in prof.events() if "addmm" in e.name or "linear" in e.name}
+
+
+@pytest.mark.parametrize("options,frozen", [(None, False), ({"freezing": True}, True)])
+def test_inductor_freezing_is_applied_to_the_plan_forwards(options, frozen):
+    """Frozen, inductor prepacks the weights once (MKL linear) instead of an `addmm` per call. Passed only in
+    `torch.compile(options=...)` dynamo ignores it while tracing: the PlanCompiler patches the config around calls."""
+    from pab.compiled import PlanCompiler
+
+    model, x = _TwoLinears().eval(), torch.randn(4, 32)
+    compile_kwargs = {"fullgraph": True, **({"options": options} if options else {})}
+    with torch.no_grad():
+        expected = model(x)
+        call = PlanCompiler(model.forward, compile_kwargs)((True,))
+        torch.testing.assert_close(call(x), expected)
+        kernels = _linear_kernels(call, x)
+        assert ("aten::addmm" not in kernels) == frozen, kernels
+        if not frozen:
+            return
+        assert any("mkl" in k or "mkldnn" in k for k in kernels), kernels
+        torch._dynamo.reset()  # the same options straight to torch.compile: built unfrozen
+        plain = torch.compile(model.forward, **compile_kwargs)
+        plain(x)
+        assert "aten::addmm" in _linear_kernels(plain, x)

@@ -112,16 +112,23 @@ class CompileReport:
                 "graph_breaks": self.graph_breaks, "warm_up_s": self.warm_up_s}
 
 
-def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | CompileConfig") -> CompileReport | None:
-    """Compile `generator`'s transformer (PAB decisions outside the region) and optionally warm it up."""
+def resolve_compile(value: "bool | Mapping[str, Any] | CompileConfig | None", parallel: Any) -> CompileConfig | None:
+    """The `compile` setting of a generator with this `parallel` setting (a `ParallelConfig` or None), checked before
+    anything is applied. One process (sp_degree = cfg_degree = 1) installs no collective, so it compiles."""
     config = CompileConfig.resolve(value)
-    if config is None:
-        return None
-    if generator.parallel is not None:
+    if config is not None and parallel is not None and parallel.world_size > 1:
         raise CompileConfigError(
             "compile is not supported with sequence or CFG parallel yet (the collectives run inside the forward); "
             "use sp_degree=1 and cfg_degree=1, or compile=False"
         )
+    return config
+
+
+def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | CompileConfig") -> CompileReport | None:
+    """Compile `generator`'s transformer (PAB decisions outside the region) and optionally warm it up."""
+    config = resolve_compile(value, getattr(generator.parallel, "config", None))
+    if config is None:
+        return None
     import torch._dynamo  # dynamo's config: only once compiling is asked for (it takes seconds to import)
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

@@ -22,7 +22,7 @@ from pab.config import PABConfig, PABConfigError
 from pab.hooks import PABHandle, apply_pab
 from pab.parallel import apply_parallel
 from pab.stats import PABStats
-from pab.runtime.pipelines.compile import compile_generator
+from pab.runtime.pipelines.compile import compile_generator, resolve_compile
 from pab.runtime.pipelines.loading import call_defaults, fixed_call_kwargs, pipeline_defaults
 from pab.runtime.request.card import ModelCard
 from pab.runtime.request.params import GenerationParams
@@ -155,6 +155,7 @@ class VideoGenerator:
         batch_invariant: bool = False,
         compile: bool | Mapping[str, Any] = False,
     ) -> None:
+        compile_config = resolve_compile(compile, parallel)  # before any hook or process group: a config error
         self.pipeline = pipeline
         self.defaults = {**pipeline_defaults(pipeline), **(defaults or {})}
         self.batch_invariant = batch_invariant
@@ -180,7 +181,7 @@ class VideoGenerator:
         ] if self.adapter is not None else []
         self._lock = threading.Lock()
         self._card: ModelCard | None = None
-        self.compile_report = compile_generator(self, compile) if compile else None
+        self.compile_report = compile_generator(self, compile_config) if compile_config else None
 
     @property
     def pab_handle(self) -> PABHandle | None:
