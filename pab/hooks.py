@@ -12,9 +12,10 @@ forward itself holds no bookkeeping and can be compiled (`PABHandle.compile`) wi
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -130,8 +131,7 @@ class TimestepHook(ModelHook):
             return cached
         for hook in self.broadcast_hooks:
             hook.plan(timestep)
-        forward = self.fn_ref.original_forward if self.compiler is None else self.compiler(
-            tuple(hook.reuse is not None for hook in self.broadcast_hooks))
+        forward = self.fn_ref.original_forward if self.compiler is None else self._compiled_forward()
         log: list[tuple[str, int]] = []
         try:
             with comm_scope(state.stats, OTHER_KIND, log):
@@ -141,6 +141,19 @@ class TimestepHook(ModelHook):
                 hook.commit(timestep)
         self.steps.record(step_rule, state.branch, timestep, output, log)
         return output
+
+    def _compiled_forward(self) -> Callable[..., Any]:
+        """The compiled forward of this forward's plan, with the broadcast outputs bound as its first argument."""
+        reuses = tuple(hook.reuse for hook in self.broadcast_hooks)
+        return functools.partial(self.compiler(tuple(r is not None for r in reuses)), reuses)
+
+    def forward_with_outputs(self, reuses: tuple[torch.Tensor | None, ...], *args: Any, **kwargs: Any) -> Any:
+        """The transformer's forward with each broadcast hook's planned output handed in as an argument (what gets
+        compiled). Read as a hook attribute inside the compiled region, inductor's `freezing` would take the tensor
+        for a constant of the model: a guard on its identity, one recompile per step."""
+        for hook, reuse in zip(self.broadcast_hooks, reuses):
+            hook.reuse = reuse
+        return self.fn_ref.original_forward(*args, **kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Pipelines reset stateful hooks when a call ends: keep the finished generation's stats readable until the
@@ -296,7 +309,7 @@ class PABHandle:
         own dynamo cache, picked by a dict lookup). Those combinations repeat with the pyramid's period (PAB-246 on
         Latte: 5 in any number of steps), so nothing recompiles step after step.
         """
-        self._root.compiler = PlanCompiler(self._root.fn_ref.original_forward, options)
+        self._root.compiler = PlanCompiler(self._root.forward_with_outputs, options)
 
     def uncompile(self) -> None:
         self._root.compiler = None

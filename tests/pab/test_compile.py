@@ -55,23 +55,30 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("preset,steps", [("PAB-246", 30), ("PAB-357f", 20)])
-def test_one_graph_per_distinct_plan_and_no_recompiles_across_steps_and_generations(preset, steps):
+@pytest.mark.parametrize("preset,steps,frozen", [("PAB-246", 30, False), ("PAB-357f", 20, False),
+                                                 ("PAB-246", 30, True)])
+def test_one_graph_per_distinct_plan_and_no_recompiles_across_steps_and_generations(preset, steps, frozen):
+    """`frozen`: traced under inductor's `freezing` (what `options={"freezing": True}` sets while dynamo traces),
+    which takes tensors read from module attributes for constants: the broadcast outputs must be graph inputs, or
+    every step recompiles."""
+    import torch._inductor.config as inductor_config
+
     transformer = tiny_latte_transformer(num_layers=2)
     eager_handle = apply_pab(transformer, get_preset(preset, model="latte"))
     timesteps = _timesteps(steps)
     eager = _generation(transformer, timesteps)
     eager_stats = eager_handle.stats.to_dict()
     eager_handle.compile(backend="eager", fullgraph=True)
-    graphs0, breaks0 = _graphs()
-    compiled = _generation(transformer, timesteps)
-    graphs1, breaks1 = _graphs()
-    expected = _distinct_plans(eager_handle, timesteps)
-    assert breaks1 == breaks0
-    assert graphs1 - graphs0 == expected
-    assert 2 <= expected <= 9 < len(timesteps)  # a bounded set, not one graph per step
-    compiled_again = _generation(transformer, timesteps)
-    assert _graphs() == (graphs1, breaks1)  # a second generation compiles nothing
+    with inductor_config.patch(freezing=frozen):
+        graphs0, breaks0 = _graphs()
+        compiled = _generation(transformer, timesteps)
+        graphs1, breaks1 = _graphs()
+        expected = _distinct_plans(eager_handle, timesteps)
+        assert breaks1 == breaks0
+        assert graphs1 - graphs0 == expected
+        assert 2 <= expected <= 9 < len(timesteps)  # a bounded set, not one graph per step
+        compiled_again = _generation(transformer, timesteps)
+        assert _graphs() == (graphs1, breaks1)  # a second generation compiles nothing
     for a, b, c in zip(eager, compiled, compiled_again):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
         torch.testing.assert_close(c, a, rtol=0, atol=1e-6)

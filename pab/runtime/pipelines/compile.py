@@ -42,7 +42,11 @@ class CompileConfig:
         dynamic (`bool`, *optional*): `torch.compile`'s `dynamic` (None: recompile once for a new size, then dynamic).
         options (`dict`, *optional*): Inductor options, e.g. `{"cpp_wrapper": True}` (a C++ instead of a Python
             wrapper around the kernels: on the tiny CPU models it cuts the per-forward overhead by about a tenth, for
-            about twice the compile time; BENCHMARKS.md). Not together with `mode`.
+            about twice the compile time; BENCHMARKS.md), `{"freezing": True}` (weights as constants, CPU linear
+            weights prepacked once; applied by `pab.compiled.PlanCompiler`). Freezing keeps one copy of the
+            transformer's weights per compiled broadcast plan (measured: +36 MiB per plan for 32 MiB of linear
+            weights, none without freezing): PAB-246 on Latte compiles 5 plans, so a 1B-parameter fp16 model would
+            hold ~10 GB more. Not together with `mode`.
         warm_up (`bool`, defaults to True): Generate once at the model's defaults while compiling, so that the
             first request with the default PAB setting does not pay the compile.
     """
