@@ -152,7 +152,8 @@ class TimestepHook(ModelHook):
         compiled). Read as a hook attribute inside the compiled region, inductor's `freezing` would take the tensor
         for a constant of the model: a guard on its identity, one recompile per step."""
         for hook, reuse in zip(self.broadcast_hooks, reuses):
-            hook.reuse = reuse
+            if reuse is not None:  # the others are None already (`plan`): no side effect to replay
+                hook.reuse = reuse
         return self.fn_ref.original_forward(*args, **kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -192,7 +193,8 @@ class BroadcastHook(ModelHook):
         self.passes: dict[str, _PassState] = {}
         self.generation = -1
         self.reuse: Any = None  # set by plan(): returned instead of computing
-        self.fresh: Any = None  # set by new_forward(): the output computed in this forward
+        self.fresh: Any = None  # set by new_forward(): the output computed in this forward, when kept
+        self._keep = False  # whether this forward's output is kept (a later step may reuse it)
         self._computing: _PassState | None = None
         self._log: list[tuple[str, int]] = []
 
@@ -249,6 +251,7 @@ class BroadcastHook(ModelHook):
         else:
             counts.computed += 1
             self.reuse, self._computing, self._log = None, ps, []
+        self._keep = ps.history is not None
         ps.counter += 1
         ps.last_timestep = timestep
 
@@ -261,14 +264,15 @@ class BroadcastHook(ModelHook):
         else:
             with comm_scope(self.state.stats, self.kind, self._log):
                 output = self.fn_ref.original_forward(*args, **kwargs)
-        self.fresh = output
+        if self._keep:  # a tensor kept here is one more output of a compiled graph: only when a step may reuse it
+            self.fresh = output
         return output
 
     def commit(self, timestep: float) -> None:
         """After the forward: keep what this module computed (eager), and forget this forward's decision."""
         ps, output = self._computing, self.fresh
         self.reuse = self.fresh = self._computing = None
-        if ps is None or output is None:
+        if ps is None or (ps.history is not None and output is None):  # nothing planned, or it did not run
             return
         ps.comm_log = self._log
         if ps.history is not None:
