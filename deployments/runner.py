@@ -2,10 +2,11 @@
 
 `JobRunner.run(job_id)` claims the next attempt of the job in the store (an exclusive create, so no attempt runs
 twice), reads the request with its pixels (`JobStore.runnable`: the only read of a job's pixel files; a missing or
-mismatched one fails the job with `store_corrupt`), queues it in the engine, writes `in_progress` when its batch starts and progress while it
-runs, renews its lease all along, and then writes the content and the outcome: `completed`, `failed` (a generation
-error, or the last attempt lost to infrastructure) or nothing at all for a deleted (cancelled) job. A job lost to a
-dead worker goes back to `queued` and `ReplicaUnavailableError` tells the dispatcher to run it again elsewhere.
+mismatched one fails the job with `store_corrupt`), queues it in the engine, writes `in_progress` when its batch
+starts and progress while it runs, renews its lease all along, and then writes the content and the outcome:
+`completed`, `failed` (a generation error, or the last attempt lost to infrastructure) or nothing at all for a
+deleted (cancelled) job. A job lost to a dead worker goes back to `queued` and `ReplicaUnavailableError` tells the
+dispatcher to run it again elsewhere.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ def test_the_record_stays_small_and_the_runner_gets_the_exact_bytes(store, make,
 def test_the_pixel_files_are_written_before_the_record(store, monkeypatch):
     written = []
     write = store._write
-    monkeypatch.setattr(store, "_write", lambda path, data: (written.append(path.rsplit("/", 1)[-1]), write(path, data)))
+    monkeypatch.setattr(store, "_write", lambda path, data: (written.append(path.rsplit("/", 1)[-1]),
+                                                             write(path, data)))
     _create(store, _remix())
     assert written == ["remix_source.png", "request.json"]
 
@@ -149,6 +150,8 @@ def test_a_bad_pixel_file_is_a_bad_record_of_that_job_only(store, damage):
     assert store.check() == [found]
     assert isinstance(store.runnable(store.record(good.id)), GenerationRequest)
     assert [r.id for r in store.page(after=None, limit=10, order="asc")[0]] == [bad.id, good.id]
+    assert store.quarantine(bad.id) == f"quarantine/{bad.id}"
+    assert store.check() == [] and store.ids() == [good.id]
 
 
 class _Engine:
