@@ -27,6 +27,7 @@ from starlette.routing import Match
 
 from pab.runtime.request.api import request_fields
 from pab.runtime.request.params import RequestError
+from pab.runtime.request.request import PIXEL_FIELDS
 from pab.runtime.request.conditioning import SourceVideo
 from pab.runtime.request.resolve import check_conditioning, refuse_reference, resolve
 from pab.runtime.video import MIME_TYPES
@@ -205,19 +206,21 @@ class VideoIngress:
         with _request_errors():
             strength = {"strength": remix.strength} if remix.strength is not None else {}
             video = SourceVideo.from_png(source.id, png, old.num_frames, **strength)
-            request = old.model_copy(update={"prompt": remix.prompt, "input_reference": None, "remix": video})
-            request = GenerationRequest.model_validate(request.model_dump())  # the new prompt's own checks
+            fields = old.model_dump(exclude=set(PIXEL_FIELDS))  # the source's own conditioning is not the remix's
+            request = GenerationRequest.model_validate({**fields, "prompt": remix.prompt, "remix": video})
             return resolve(request, card, default_pab=self._presets.default_preset(), limits=self._config.limits)
 
     async def _accept(self, resolved: GenerationRequest, tenant: str | None) -> JSONResponse:
-        """Queue limits, then the job record (the ingress's only write of it), then dispatch."""
+        """Queue limits, then the job record (the ingress's only write of it, its pixels in files of their own: a
+        remix's copy of its source frames too, so it runs even once the source is deleted), then dispatch."""
         self._check_queue(tenant)
         submitted = time.time()
-        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=resolved,
+        stored, pixels = resolved.detach()
+        record = JobRecord(id=new_job_id(), created_at=int(submitted), submitted_at=submitted, request=stored,
                            tenant=tenant)
         self._dispatcher.admitting += 1  # holds the queue slot across the await, so a burst cannot overshoot
         try:
-            await asyncio.to_thread(self._store.create, record)
+            await asyncio.to_thread(self._store.create, record, pixels)
         finally:
             self._dispatcher.admitting -= 1
         self._dispatcher.dispatch(record.id, tenant)

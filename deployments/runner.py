@@ -1,10 +1,12 @@
 """Running stored jobs: the generator replica's side of a job, and the only writer of its state once it is claimed.
 
 `JobRunner.run(job_id)` claims the next attempt of the job in the store (an exclusive create, so no attempt runs
-twice), queues the resolved request in the engine, writes `in_progress` when its batch starts and progress while it
-runs, renews its lease all along, and then writes the content and the outcome: `completed`, `failed` (a generation
-error, or the last attempt lost to infrastructure) or nothing at all for a deleted (cancelled) job. A job lost to a
-dead worker goes back to `queued` and `ReplicaUnavailableError` tells the dispatcher to run it again elsewhere.
+twice), reads the request with its pixels (`JobStore.runnable`: the only read of a job's pixel files; a missing or
+mismatched one fails the job with `store_corrupt`), queues it in the engine, writes `in_progress` when its batch
+starts and progress while it runs, renews its lease all along, and then writes the content and the outcome:
+`completed`, `failed` (a generation error, or the last attempt lost to infrastructure) or nothing at all for a
+deleted (cancelled) job. A job lost to a dead worker goes back to `queued` and `ReplicaUnavailableError` tells the
+dispatcher to run it again elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from serve_app.config import AppConfig
 from serve_app.schemas import CONTENT_FORMATS, GenerationResponse
-from serve_app.store import TERMINAL, JobRecord, JobState, JobStore, ProgressThrottle
+from serve_app.store import TERMINAL, BadRecord, JobRecord, JobState, JobStore, ProgressThrottle, corrupt_error
 
 from . import metrics
 from .engine import EngineJob, GenerationEngine, JobCancelled
@@ -95,7 +97,11 @@ class JobRunner:
                 await heartbeat
 
     async def _run_claimed(self, record: JobRecord, writes: JobWrites) -> str:
-        job = self._engine.job(record.request, record.id)
+        request = await asyncio.to_thread(self._store.runnable, record)  # the one read of the job's pixels
+        if isinstance(request, BadRecord):  # fails this job only: nothing else reads these files
+            error = corrupt_error(request, "so the job cannot run")
+            return await self._finish(record, writes, "failed", error=(error["code"], error["message"]))
+        job = self._engine.job(request, record.id)
         throttle = ProgressThrottle(self._config.storage.progress_interval_s)
 
         async def progress(done: int, total: int) -> None:

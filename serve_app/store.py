@@ -2,7 +2,11 @@
 
 Layout under the root, one folder per job so a delete is one recursive remove:
 
-    videos/<id>/request.json   written once by the ingress that accepted the job (`JobRecord`)
+    videos/<id>/request.json   written once by the ingress that accepted the job (`JobRecord`): the resolved request
+                               with each conditioning payload's metadata only (size, sha256, source id, strength)
+    videos/<id>/input_reference.png, remix_source.png
+                               the PNG of the reference image / of the remix's source frames (the remix's own copy),
+                               written before request.json; only the runner reads them (`runnable`), digest checked
     videos/<id>/state.json     status and progress (`JobState`): the generator and its rank-0 worker write it while
                                the job runs; the ingress writes it only to record a failure the generator could not
     videos/<id>/video.mp4, thumbnail.webp, spritesheet.jpeg
@@ -14,8 +18,12 @@ Job ids start with their creation time in hex, so listing the folder in name ord
 page reads only the records it returns.
 
 A file that cannot be read or parsed never raises out of a read: an unreadable `state.json` reads as a `failed` job
-with error code `store_corrupt`, an unreadable `request.json` as no job at all, and listings skip past both. Each bad
-file is logged once per process; `JobStore.check()` lists them and `JobStore.quarantine()` moves them aside.
+with error code `store_corrupt`, an unreadable `request.json` as no job at all, and listings skip past both. A pixel
+file that is missing or does not match its digest fails that job (code `store_corrupt`) when it runs. Each bad file is
+logged once per process; `JobStore.check()` lists them and `JobStore.quarantine()` moves them aside.
+
+Records written before the pixels had files of their own carry them inline in request.json; they load and run as
+they are.
 """
 
 from __future__ import annotations
@@ -27,14 +35,15 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TypeVar
 from urllib.parse import quote
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
-from pab.runtime.request.request import GenerationRequest
+from pab.runtime.request.conditioning import LosslessPixels, PixelsInfo
+from pab.runtime.request.request import PIXEL_FIELDS, GenerationRequest, StoredRequest
 from pab.runtime.stats import GenerationStats
 
 from .schemas import CONTENT_FORMATS
@@ -50,6 +59,9 @@ DEFAULT_TENANT = "default"
 """The tenant of the single-key mode (`api_key` / `api_key_env`), and the owner of records written without one."""
 STORE_CORRUPT = "store_corrupt"
 FRAMES_FILE = "frames.png"
+PIXEL_FILES: dict[str, str] = {"input_reference": "input_reference.png", "remix": "remix_source.png"}
+"""The file of each pixel field of a request (`PIXEL_FIELDS`) in its job's folder."""
+assert set(PIXEL_FILES) == set(PIXEL_FIELDS)
 _ID_PREFIX = "video_"
 _ID_TIME_DIGITS = 13
 _MISSING_REQUEST_GRACE_S = 60.0  # a job folder this young may be one whose request.json is being written
@@ -76,15 +88,16 @@ def _created_s(job_id: str) -> float | None:
 class JobRecord(BaseModel):
     """What was asked: the request with every default resolved, so a re-dispatched job renders the same video.
 
-    `tenant` is who asked (None: written with auth off, or before tenancy existed; such jobs belong to the default
-    tenant)."""
+    `request` keeps its pixels' metadata only (`StoredRequest`); `JobStore.runnable` attaches the pixels from their
+    files. `tenant` is who asked (None: written with auth off, or before tenancy existed; such jobs belong to the
+    default tenant)."""
 
     model_config = ConfigDict(frozen=True)
 
     id: str
     created_at: int
     submitted_at: float
-    request: GenerationRequest
+    request: StoredRequest
     tenant: str | None = None
 
     def owned_by(self, tenant: str | None) -> bool:
@@ -168,8 +181,14 @@ def _report_once(where: str, bad: BadRecord) -> None:
     logger.warning(
         "pab store: %s of job %s is unreadable (%s); the job reads as %s. Move it aside with "
         "`pab store check --store URL --quarantine`.",
-        bad.file, bad.job_id, bad.reason, "failed (store_corrupt)" if bad.file.endswith("state.json") else "absent",
+        bad.file, bad.job_id, bad.reason, _reads_as(bad.file),
     )
+
+
+def _reads_as(file: str) -> str:
+    if file.endswith("request.json"):
+        return "absent"
+    return "failed (store_corrupt)" if file.endswith("state.json") else "failed (store_corrupt) when it runs"
 
 
 def _reason(exc: BaseException) -> str:
@@ -179,11 +198,16 @@ def _reason(exc: BaseException) -> str:
 
 def corrupt_state(bad: BadRecord) -> JobState:
     """What a job whose state file is unreadable reads as: failed, saying which file and what to do."""
+    return JobState(status="failed", error=corrupt_error(bad, "so its status is unknown"))
+
+
+def corrupt_error(bad: BadRecord, consequence: str) -> dict[str, str]:
+    """The error (code `store_corrupt`) of a job one of whose files is bad: which file, why, and what to do."""
     message = (
-        f"the job store's record {bad.file} of this job is unreadable ({bad.reason}), so its status is unknown; "
+        f"the job store's record {bad.file} of this job is unreadable ({bad.reason}), {consequence}; "
         "resubmit the job. Operators: `pab store check --quarantine` moves bad records aside."
     )
-    return JobState(status="failed", error={"code": STORE_CORRUPT, "message": message})
+    return {"code": STORE_CORRUPT, "message": message}
 
 
 def _fsync_dir(path: str) -> None:
@@ -285,12 +309,56 @@ class JobStore:
             _report_once(f"{self.url}|{bad.file}", bad)
             return bad
 
+    def _attach_file(self, job_id: str, field: str, info: PixelsInfo) -> LosslessPixels | BadRecord:
+        """A detached payload with its PNG read from its file, digest checked; a `BadRecord` (logged once) when the
+        file is missing, unreadable or not the PNG `info` describes."""
+        path = self._path(job_id, PIXEL_FILES[field])
+        try:
+            raw = self._read(path)
+        except OSError as exc:
+            raw, reason = None, _reason(exc)
+        else:
+            reason = "missing"
+        if raw is not None:
+            try:
+                return info.attach(raw)
+            except ValueError:  # the digest check (the rest of `info` was checked when the record loaded)
+                reason = f"not the PNG request.json names: its sha256 is not {info.sha256}"
+        bad = BadRecord(job_id, self._relative(path), reason)
+        _report_once(f"{self.url}|{bad.file}", bad)
+        return bad
+
+    def _attached(self, record: JobRecord) -> dict[str, LosslessPixels] | BadRecord:
+        """Every detached payload of the record with its PNG, or the first bad pixel file."""
+        attached: dict[str, LosslessPixels] = {}
+        for field, info in record.request.detached().items():
+            payload = self._attach_file(record.id, field, info)
+            if isinstance(payload, BadRecord):
+                return payload
+            attached[field] = payload
+        return attached
+
     # jobs ------------------------------------------------------------------------------------------------------
-    def create(self, record: JobRecord) -> None:
+    def create(self, record: JobRecord, pixels: Mapping[str, bytes] | None = None) -> None:
+        """Store a new job: first the PNG of each detached payload (`GenerationRequest.detach` gives the record's
+        request and `pixels`), then request.json, so a record never names a file that is not there yet."""
+        pixels = dict(pixels or {})
+        if set(pixels) != set(record.request.detached()):
+            raise ValueError(f"job {record.id}: pixels given for {sorted(pixels)}, the record detaches "
+                             f"{sorted(record.request.detached())}")
         self._fs.makedirs(self._path(record.id, "claims"), exist_ok=True)  # see `claim`
         if self._local:
             _fsync_dir(self._dir())  # the new job folder's entry, before the record inside it
+        for field, png in pixels.items():
+            self._write(self._path(record.id, PIXEL_FILES[field]), png)
         self._write(self._path(record.id, "request.json"), record.model_dump_json().encode())
+
+    def runnable(self, record: JobRecord) -> GenerationRequest | BadRecord:
+        """The request the generator runs: the record's with its pixels read from their files (digest checked; an
+        old record's inline pixels as they are). A `BadRecord` when a pixel file is missing, unreadable or does not
+        match its digest: that job cannot run, and no other read of the job opens these files."""
+        attached = self._attached(record)
+        return attached if isinstance(attached, BadRecord) else record.request.attach(attached)
 
     def exists(self, job_id: str) -> bool:
         try:
@@ -459,16 +527,18 @@ class JobStore:
 
     # bad records -----------------------------------------------------------------------------------------------
     def check(self, now: float | None = None) -> list[BadRecord]:
-        """Every bad record: a request or state file that cannot be read or parsed, or a job folder without its
-        request (older than a minute, so a job being created right now is not one)."""
+        """Every bad record: a request or state file that cannot be read or parsed, a job folder without its
+        request (older than a minute, so a job being created right now is not one), or a pixel file the request
+        names that is missing or does not match its digest (this reads every pixel file: an operator's scan)."""
         now = time.time() if now is None else now
         bad: list[BadRecord] = []
         for job_id in self.ids():
             request = self._load(job_id, "request.json", JobRecord)
             if request is None and now - (_created_s(job_id) or 0.0) > _MISSING_REQUEST_GRACE_S:
                 request = BadRecord(job_id, self._relative(self._path(job_id, "request.json")), "missing")
+            pixels = self._attached(request) if isinstance(request, JobRecord) else None
             state = self._load(job_id, "state.json", JobState)
-            bad.extend(b for b in (request, state) if isinstance(b, BadRecord))
+            bad.extend(b for b in (request, pixels, state) if isinstance(b, BadRecord))
         return bad
 
     def quarantine(self, job_id: str) -> str:

@@ -1,8 +1,10 @@
 """`pab store check [--store URL] [--quarantine]`: list the job store's bad records, optionally move them aside.
 
 A bad record is a job's request or state file that cannot be read or parsed (the API shows such a job as absent or
-`failed` with code `store_corrupt`). `--quarantine` moves each bad job's folder to `<root>/quarantine/<id>/`, out of
-every listing, for an operator to inspect or delete. Exit status 1 while bad records remain, else 0.
+`failed` with code `store_corrupt`), or a pixel file its request names (`input_reference.png`, `remix_source.png`)
+that is missing or does not match its sha256 (the job fails with `store_corrupt` when it runs). `--quarantine` moves
+each bad job's folder to `<root>/quarantine/<id>/`, out of every listing, for an operator to inspect or delete. Exit
+status 1 while bad records remain, else 0.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pab.runtime.request.conditioning import decode_frames
 from pab.runtime.tinyvideo.objective import objective_check
 from serve_app.config import ReferenceConfig
 from serve_app.references import reference_image
+from serve_app.store import new_job_id
 from tests.conftest import ALICE_KEY, TEST_API_KEY
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -128,6 +129,40 @@ def test_sdk_remix_keeps_the_motion_and_changes_the_colour(shapes_app):
     assert len(shapes_app.store.state(remix.id).stats.step_s) == 20
     listed = client.videos.retrieve(remix.id)
     assert listed.remixed_from_video_id == source.id
+
+
+def test_a_remix_runs_from_its_own_copy_of_the_source_frames_and_bad_pixel_files_fail_only_their_job(shapes_app):
+    """The remix's folder holds the source's exact frames from its POST on (request.json only their digest), so it
+    runs after the source is deleted; a pixel file that does not match fails that job with `store_corrupt` when it
+    runs, and no GET or listing ever reads one (none answers 500)."""
+    from tests.deployments.test_engine import _handle
+
+    api, store = shapes_app.client(), shapes_app.store
+    source = api.wait(api.create(prompt="a red square moving left", steps=10, seed=6)["id"])
+    frames_png = (shapes_app.store_path / "videos" / source["id"] / "frames.png").read_bytes()
+    remix = api.http.post(f"/v1/videos/{source['id']}/remix", json={"prompt": "a blue square moving left"}).json()
+    assert api.http.delete(f"/v1/videos/{source['id']}").status_code == 200
+    folder = shapes_app.store_path / "videos" / remix["id"]
+    assert (folder / "remix_source.png").read_bytes() == frames_png
+    assert len((folder / "request.json").read_bytes()) < 4096 and b'"png"' not in (folder / "request.json").read_bytes()
+    done = api.wait(remix["id"])
+    assert done["status"] == "completed" and done["remixed_from_video_id"] == source["id"], done["error"]
+    assert store.runnable(store.record(remix["id"])).remix.png == frames_png  # what any re-run of it reads
+
+    record = store.record(remix["id"])  # the same job again, its pixel file damaged: as an ingress that died left it
+    clone = record.model_copy(update={"id": new_job_id()})
+    store.create(clone, {"remix": b"not the frames"})
+    for job_id in (remix["id"], clone.id):
+        assert api.http.get(f"/v1/videos/{job_id}").status_code == 200
+    assert {remix["id"], clone.id} <= _ids(api)
+    assert _handle().run_job.remote(clone.id).result(timeout_s=120) == "failed"
+    failed = api.http.get(f"/v1/videos/{clone.id}").json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "store_corrupt", failed
+    assert "remix_source.png" in failed["error"]["message"]
+    assert clone.id in {b.job_id for b in store.check()}
+    assert api.wait(api.create(prompt="a red square moving left", steps=2, seed=7)["id"])["status"] == "completed"
+    for job_id in (remix["id"], clone.id):
+        assert api.http.delete(f"/v1/videos/{job_id}").status_code == 200
 
 
 def test_remix_rules_unfinished_source_other_tenant_unknown_id_and_strength(shapes_app):

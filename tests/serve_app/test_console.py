@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from pab.runtime.request.request import StoredRequest
 from pab.runtime.stats import GenerationStats, KindCounts, PABCounts, StageTimings
 from serve_app import console
 from serve_app.config import AppConfig
-from serve_app.schemas import GenerationRequest
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 from tests.conftest import REPO_ROOT, in_loopback_namespace
 
@@ -34,7 +34,7 @@ def test_the_banner_says_what_is_served_where_with_what_and_where_the_rest_goes(
 
 
 def _job(store: JobStore, prompt: str) -> str:
-    request = GenerationRequest(prompt=prompt, model="tiny-shapes", num_frames=4, height=16, width=16,
+    request = StoredRequest(prompt=prompt, model="tiny-shapes", num_frames=4, height=16, width=16,
                                 num_inference_steps=4, guidance_scale=3.0, seed=1, fps=4, pab={"name": "PAB-246"})
     record = JobRecord(id=new_job_id(), created_at=int(time.time()), submitted_at=time.time(), request=request)
     store.create(record)

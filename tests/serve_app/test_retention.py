@@ -8,15 +8,15 @@ import time
 
 import pytest
 
+from pab.runtime.request.request import StoredRequest
 from serve_app.config import AppConfig, StorageConfig
 from serve_app.retention import RetentionSweeper
-from serve_app.schemas import GenerationRequest
 from serve_app.store import JobRecord, JobState, JobStore, new_job_id
 
 
 def _job(store: JobStore, status: str | None, completed_at: int | None = None) -> str:
     now = time.time()
-    record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now, request=GenerationRequest(prompt="x"))
+    record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now, request=StoredRequest(prompt="x"))
     store.create(record)
     if status is not None:
         store.set_state(record.id, JobState(status=status, completed_at=completed_at))

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from serve_app.schemas import GenerationRequest
+from pab.runtime.request.request import StoredRequest
 from serve_app.store import JobRecord, JobState, JobStore, ProgressThrottle, new_job_id
 
 
 def _record(store: JobStore, prompt: str = "a cat") -> JobRecord:
     now = time.time()
-    record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now, request=GenerationRequest(prompt=prompt))
+    record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now, request=StoredRequest(prompt=prompt))
     store.create(record)
     return record
 
@@ -229,7 +229,7 @@ def test_a_write_that_fails_before_the_rename_leaves_the_old_file_and_no_tempora
 def _tenant_record(store: JobStore, tenant: str | None) -> JobRecord:
     now = time.time()
     record = JobRecord(id=new_job_id(), created_at=int(now), submitted_at=now,
-                       request=GenerationRequest(prompt="a cat"), tenant=tenant)
+                       request=StoredRequest(prompt="a cat"), tenant=tenant)
     store.create(record)
     return record
 

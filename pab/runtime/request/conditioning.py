@@ -4,7 +4,9 @@ frames of a finished video a remix edits (video-to-video).
 The serving edge decodes, checks and fits the client's upload to the request's size once; what travels inward (to
 the store, the workers and `VideoGenerator`) is this typed value, PNG-encoded so a re-run sees exactly the same
 pixels. A remix's source frames are the source job's exact uint8 frames (its `frames.png` in the store, never the
-lossy mp4), copied into the remix's request when it is accepted, so the remix replays even after its source expired.
+lossy mp4), copied into the remix's own job folder when it is accepted, so the remix replays even after its source
+expired. A job record keeps only each payload's metadata (`PixelsInfo`: size, digest, ...); the PNG is a file of its
+own in the job store, attached (digest checked) only where the job runs.
 Torch-free (PIL + numpy), so the ingress builds them.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -49,24 +52,56 @@ def decode_frames(png: bytes, num_frames: int) -> np.ndarray:
     return strip.reshape(num_frames, -1, *strip.shape[1:])
 
 
-class _LosslessPixels(BaseModel):
-    """Pixels that travel as one PNG (base64 in JSON) with their size and digest, checked on every load."""
+class PixelsInfo(BaseModel):
+    """A pixel payload without its PNG: what a job record keeps (the PNG is a file of its own in the job store, so
+    reading a record to answer a poll never reads the pixels). `attach` gives back the payload, digest checked."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    png: bytes = Field(repr=False)
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     sha256: str
 
+    _with_png: ClassVar[type["LosslessPixels"]]
+    """The payload type this describes, set by each `LosslessPixels` subclass."""
+
+    def attach(self, png: bytes) -> "LosslessPixels":
+        """The payload with `png`; a ValueError when `png` is not the PNG this describes (its sha256 differs)."""
+        return self._with_png.model_validate({**self.model_dump(), "png": png})
+
+
+class LosslessPixels(PixelsInfo):
+    """Pixels that travel as one PNG (base64 in JSON) with their size and digest, checked on every load."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    png: bytes = Field(repr=False)
+
+    _info: ClassVar[type[PixelsInfo]]
+    """The info type this payload pairs with: its first base that carries no PNG."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Pair the payload with its info type, both ways (`detach` and `attach`)."""
+        super().__init_subclass__(**kwargs)
+        cls._info = next(b for b in cls.__mro__ if issubclass(b, PixelsInfo) and not issubclass(b, LosslessPixels))
+        cls._info._with_png = cls
+
     @model_validator(mode="after")
-    def _digest_matches(self) -> "_LosslessPixels":
+    def _digest_matches(self) -> "LosslessPixels":
         if hashlib.sha256(self.png).hexdigest() != self.sha256:
             raise ValueError("sha256 does not match the PNG bytes")
         return self
 
+    def detach(self) -> PixelsInfo:
+        """The metadata without the PNG (the info type this payload's class pairs with)."""
+        return self._info.model_validate(self.model_dump(exclude={"png"}))
 
-class ReferenceImage(_LosslessPixels):
+
+class ReferenceImageInfo(PixelsInfo):
+    """A reference image as a job record keeps it (`ReferenceImage` less its PNG)."""
+
+
+class ReferenceImage(LosslessPixels, ReferenceImageInfo):
     r"""
     An RGB image already fitted to the request's `width` x `height`.
 
@@ -98,7 +133,15 @@ that level. On tiny-shapes, 0.7 and up turn "red" into "blue" on every measured 
 diffusers' CogVideoX video-to-video pipeline defaults to 0.8 too."""
 
 
-class SourceVideo(_LosslessPixels):
+class SourceVideoInfo(PixelsInfo):
+    """A remix's source as a job record keeps it (`SourceVideo` less its PNG)."""
+
+    video_id: str = Field(max_length=64)
+    num_frames: int = Field(ge=1)
+    strength: float = Field(DEFAULT_STRENGTH, gt=0, le=1)
+
+
+class SourceVideo(LosslessPixels, SourceVideoInfo):
     r"""
     What a remix edits: the source job's exact frames and how strongly to change them (SDEdit).
 
@@ -109,10 +152,6 @@ class SourceVideo(_LosslessPixels):
         sha256: Hex digest of `png`.
         strength: In (0, 1]: 1 ignores the source (text-to-video from the seed), smaller keeps more of it.
     """
-
-    video_id: str = Field(max_length=64)
-    num_frames: int = Field(ge=1)
-    strength: float = Field(DEFAULT_STRENGTH, gt=0, le=1)
 
     @classmethod
     def from_png(cls, video_id: str, png: bytes, num_frames: int, strength: float = DEFAULT_STRENGTH) -> "SourceVideo":
