@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     command = f"python bench/compile_warmup.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
     header = (f"Command: `{command}` ({platform.machine()}, {args.model}, {args.preset}, 1 torch thread, inductor "
               f"caches off, {args.rounds} rotated rounds, {time.time() - t0:.0f} s wall; the 2-core machine was "
-              f"shared).\n\n")
+              f"shared). Steady times are 3 generations per process, not interleaved: indicative only; "
+              f"bench/compile_speed.py measures the speedups side by side.\n\n")
     text = header + report(results)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"compile_warmup_{args.model}.md").write_text(text)

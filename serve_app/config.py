@@ -258,8 +258,9 @@ class AppConfig(BaseModel):
         False,
         description="torch.compile each worker's transformer with PAB's decisions outside the compiled region: true, "
         "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, options, warm_up...). Off by default: on "
-        "the 2-core CPU a cold warm-up takes ~50 s (~30 s for the first graph, ~20 s for PAB-246's 5) against a 20 s "
-        "replica-start target, for tiny-shapes generations ~1.5x faster than eager PAB-246 (BENCHMARKS.md); "
+        "the 2-core CPU a cold warm-up takes ~26 s (~65 s with options freezing+cpp_wrapper) against a 20 s "
+        "replica-start target, for tiny-shapes generations at most ~0.03 s faster than eager PAB-246 "
+        "(BENCHMARKS.md, bench/compile_warmup.py); needs sp_degree=1 and cfg_degree=1: "
         "sequence/CFG parallel cannot be compiled yet.",
     )
     defaults: dict[str, Any] = Field(default_factory=dict)
