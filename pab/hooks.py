@@ -194,7 +194,9 @@ class BroadcastHook(ModelHook):
         self.generation = -1
         self.reuse: Any = None  # set by plan(): returned instead of computing
         self.fresh: Any = None  # set by new_forward(): the output computed in this forward, when kept
-        self._keep = False  # whether this forward's output is kept (a later step may reuse it)
+        # Whether this forward's output is kept (a later step may reuse it): a plain bool set by plan(), because the
+        # compiled region reads it and dynamo then guards one constant instead of the per-pass state behind it.
+        self._keep = False
         self._computing: _PassState | None = None
         self._log: list[tuple[str, int]] = []
 

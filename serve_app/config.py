@@ -333,7 +333,7 @@ class AppConfig(BaseModel):
         adapter = model_adapter(self.model)
         if adapter is not None:
             try:
-                check_supported(adapter, ParallelConfig(sp_degree=self.sp_degree, cfg_degree=self.cfg_degree))
+                check_supported(adapter, self._split())
             except ParallelConfigError as exc:
                 raise ValueError(f"{exc.field}: model {self.model!r}: {exc}") from None
         return self
@@ -345,10 +345,14 @@ class AppConfig(BaseModel):
         from pab.runtime.pipelines.compile import CompileConfigError, resolve_compile
 
         try:
-            resolve_compile(self.compile, ParallelConfig(sp_degree=self.sp_degree, cfg_degree=self.cfg_degree))
+            resolve_compile(self.compile, self._split())
         except CompileConfigError as exc:
             raise ValueError(f"compile: {exc}") from None
         return self
+
+    def _split(self) -> ParallelConfig:
+        """This config's degrees as a `ParallelConfig`, for the checks above (the workers add their timeout)."""
+        return ParallelConfig(sp_degree=self.sp_degree, cfg_degree=self.cfg_degree)
 
     @property
     def model_name(self) -> str:

@@ -305,9 +305,13 @@ class JobStore:
             raw = self._read(path)
             return None if raw is None else model.model_validate_json(raw)
         except (OSError, ValueError) as exc:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
-            bad = BadRecord(job_id, self._relative(path), _reason(exc))
-            _report_once(f"{self.url}|{bad.file}", bad)
-            return bad
+            return self._bad_file(job_id, path, _reason(exc))
+
+    def _bad_file(self, job_id: str, path: str, reason: str) -> BadRecord:
+        """The `BadRecord` of one of a job's files, logged once per process."""
+        bad = BadRecord(job_id, self._relative(path), reason)
+        _report_once(f"{self.url}|{bad.file}", bad)
+        return bad
 
     def _attach_file(self, job_id: str, field: str, info: PixelsInfo) -> LosslessPixels | BadRecord:
         """A detached payload with its PNG read from its file, digest checked; a `BadRecord` (logged once) when the
@@ -324,9 +328,7 @@ class JobStore:
                 return info.attach(raw)
             except ValueError:  # the digest check (the rest of `info` was checked when the record loaded)
                 reason = f"not the PNG request.json names: its sha256 is not {info.sha256}"
-        bad = BadRecord(job_id, self._relative(path), reason)
-        _report_once(f"{self.url}|{bad.file}", bad)
-        return bad
+        return self._bad_file(job_id, path, reason)
 
     def _attached(self, record: JobRecord) -> dict[str, LosslessPixels] | BadRecord:
         """Every detached payload of the record with its PNG, or the first bad pixel file."""
