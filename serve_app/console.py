@@ -76,16 +76,16 @@ class JobEnds:
         return self._look(report=True)
 
     def _look(self, report: bool) -> list[str]:
-        for job_id in self._store.ids():
-            if job_id not in self._seen:
-                self._seen.add(job_id)
-                self._open.add(job_id)
+        listed = set(self._store.ids())
+        for job_id in listed - self._seen:
+            self._seen.add(job_id)
+            self._open.add(job_id)
         lines = []
         for job_id in sorted(self._open):
             state = self._store.state(job_id)
             if state.terminal:
                 record = self._store.record(job_id)
-            elif not self._store.exists(job_id):
+            elif job_id not in listed:  # its folder is gone; one without request.json yet is being created
                 record = state = None
             else:
                 continue

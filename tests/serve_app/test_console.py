@@ -67,6 +67,21 @@ def test_each_job_end_is_one_line_once_and_jobs_finished_before_the_start_are_no
     assert ends.poll() == []  # each end once
 
 
+def test_a_job_whose_record_is_being_written_is_not_reported_deleted(tmp_path) -> None:
+    """The ingress makes a job's folder before it writes request.json; a poll in between must keep following it."""
+    store = JobStore(str(tmp_path))
+    ends = console.JobEnds(store)
+    job = _job(store, "done")
+    request = store._path(job, "request.json")
+    record = store._read(request)
+    store._fs.rm(request)  # the moment between the folder and the record
+    assert store.ids() == [job] and not store.exists(job)
+    assert ends.poll() == []
+    store._write(request, record)
+    store.set_state(job, JobState(status="completed", progress=100))
+    assert [line.split()[:3] for line in ends.poll()] == [["job", job, "completed"]]
+
+
 def test_errors_are_one_line_naming_the_field() -> None:
     from pydantic import ValidationError
 
