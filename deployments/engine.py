@@ -120,8 +120,12 @@ class GenerationEngine:
             raise
 
     async def cancel(self, job: EngineJob) -> None:
-        """Remove a queued job, or drop a running one (and stop its batch when no job of it is left)."""
-        if job.future.done():
+        """Remove a queued job, or drop a running one (and stop its batch when no job of it is left).
+
+        Idempotent: a deleted running job is cancelled twice, by its ingress (the cancelled handle call) and by its
+        runner (its next progress write finds the record gone); it counts once and stops its batch once.
+        """
+        if job.future.done() or job.cancelled:
             return
         job.cancelled = True
         self.jobs_cancelled += 1

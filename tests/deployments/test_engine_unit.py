@@ -134,6 +134,33 @@ def test_cancel_a_queued_job_removes_it_and_a_running_batch_stops_when_all_its_j
     assert depth == (0, 0)
 
 
+def test_a_job_cancelled_twice_counts_once_and_stops_its_batch_once() -> None:
+    async def scenario() -> tuple[object, int, int]:
+        group = FakeGroup(step_s=0.05)
+        stops = 0
+        stop = group.stop
+
+        async def counted_stop() -> None:
+            nonlocal stops
+            stops += 1
+            await stop()
+
+        group.stop = counted_stop
+        engine = _engine(group, max_batch=1, wait_ms=0)
+        job = engine.job(_request("deleted"))
+        task = asyncio.ensure_future(engine.submit(job))
+        await asyncio.sleep(0.07)  # running, one step done
+        await engine.cancel(job)  # the runner's progress write found the record gone
+        await engine.cancel(job)  # the ingress's DELETE cancelled the handle call
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        await engine.cancel(job)  # after the end: nothing
+        return outcome, engine.jobs_cancelled, stops
+
+    outcome, cancelled, stops = asyncio.run(scenario())
+    assert isinstance(outcome, JobCancelled)
+    assert cancelled == 1 and stops == 1
+
+
 def test_a_cancelled_job_in_a_shared_batch_leaves_the_others_running() -> None:
     async def scenario() -> list:
         group = FakeGroup(step_s=0.05)
