@@ -60,6 +60,12 @@ DEFAULT_TENANT = "default"
 STORE_CORRUPT = "store_corrupt"
 FRAMES_FILE = "frames.png"
 PIXEL_FILES: dict[str, str] = {"input_reference": "input_reference.png", "remix": "remix_source.png"}
+
+PIXEL_READ_ATTEMPTS = 3
+"""Reads of a pixel file before an error other than "missing" makes its job `store_corrupt`: on a remote store a read
+can fail once (a timeout, a dropped connection) and work a moment later, and failing the job then loses it for good."""
+PIXEL_READ_BACKOFF_S = 0.25
+"""Wait before the second read; doubled before each further one."""
 """The file of each pixel field of a request (`PIXEL_FIELDS`) in its job's folder."""
 assert set(PIXEL_FILES) == set(PIXEL_FIELDS)
 _ID_PREFIX = "video_"
@@ -317,18 +323,28 @@ class JobStore:
         """A detached payload with its PNG read from its file, digest checked; a `BadRecord` (logged once) when the
         file is missing, unreadable or not the PNG `info` describes."""
         path = self._path(job_id, PIXEL_FILES[field])
-        try:
-            raw = self._read(path)
-        except OSError as exc:
-            raw, reason = None, _reason(exc)
-        else:
-            reason = "missing"
+        raw, reason = self._read_retrying(path)
         if raw is not None:
             try:
                 return info.attach(raw)
             except ValueError:  # the digest check (the rest of `info` was checked when the record loaded)
                 reason = f"not the PNG request.json names: its sha256 is not {info.sha256}"
         return self._bad_file(job_id, path, reason)
+
+    def _read_retrying(self, path: str) -> tuple[bytes | None, str]:
+        """(the file's bytes, "") or (None, why not): a missing file at once, any other read error after
+        `PIXEL_READ_ATTEMPTS` reads `PIXEL_READ_BACKOFF_S`, 2x, ... apart."""
+        for attempt in range(PIXEL_READ_ATTEMPTS):
+            if attempt:
+                time.sleep(PIXEL_READ_BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                raw = self._read(path)
+            except OSError as exc:
+                reason = f"{_reason(exc)} ({attempt + 1} reads)"
+                logger.warning("pab store: read %d of %s failed: %s", attempt + 1, path, reason)
+                continue
+            return (raw, "") if raw is not None else (None, "missing")
+        return None, reason
 
     def _attached(self, record: JobRecord) -> dict[str, LosslessPixels] | BadRecord:
         """Every detached payload of the record with its PNG, or the first bad pixel file."""

@@ -154,6 +154,34 @@ def test_a_bad_pixel_file_is_a_bad_record_of_that_job_only(store, damage):
     assert store.check() == [] and store.ids() == [good.id]
 
 
+@pytest.mark.parametrize("failures", [1, 2, 3])
+def test_a_pixel_read_that_fails_is_read_again_before_the_job_is_failed(store, monkeypatch, failures):
+    """A remote store's read can fail once and work a moment later: only `PIXEL_READ_ATTEMPTS` failed reads in a row
+    make the job's pixels bad (a missing file is bad at once: `test_a_bad_pixel_file_is_a_bad_record_of_that_job_only`)."""
+    from serve_app import store as store_module
+
+    monkeypatch.setattr(store_module, "PIXEL_READ_BACKOFF_S", 0.0)
+    request = _image_to_video()
+    record = _create(store, request)
+    reads: list[str] = []
+    read = store._read
+
+    def flaky(path: str) -> bytes | None:
+        if path.endswith(".png"):
+            reads.append(path)
+            if len(reads) <= failures:
+                raise TimeoutError("read timed out")
+        return read(path)
+
+    monkeypatch.setattr(store, "_read", flaky)
+    found = store.runnable(record)
+    if failures < store_module.PIXEL_READ_ATTEMPTS:
+        assert found == request and len(reads) == failures + 1
+    else:
+        assert isinstance(found, BadRecord) and len(reads) == store_module.PIXEL_READ_ATTEMPTS
+        assert found.reason == "TimeoutError: read timed out (3 reads)"
+
+
 class _Engine:
     """Stands in for the generation engine: records the requests it was given and completes each."""
 
