@@ -121,3 +121,22 @@ def test_bad_format_and_fps_are_rejected():
 def test_decode_rejects_non_video_bytes():
     with pytest.raises(ValueError, match="not an mp4, gif or webm"):
         decode_video(b"hello world, not a video")
+
+
+def test_ffmpeg_starts_without_a_preexec_fn(monkeypatch):
+    """A `preexec_fn` makes Python fork() (not vfork()) and run gRPC's at-fork child handler, which aborts 1-4% of the
+    children of a process with live gRPC traffic - every Ray worker - before they exec (grpc/grpc#43055): encoding and
+    decoding must start ffmpeg without one."""
+    import subprocess
+
+    spawned: list[dict] = []
+    popen = subprocess.Popen
+
+    def recording(*args, **kwargs):
+        spawned.append(kwargs)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    clip = _clip(4, 16, 16)
+    assert decode_video(encode_video(clip, fps=4, fmt="gif")).shape == clip.shape
+    assert len(spawned) >= 2 and all(kwargs.get("preexec_fn") is None for kwargs in spawned)
