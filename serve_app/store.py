@@ -60,14 +60,13 @@ DEFAULT_TENANT = "default"
 STORE_CORRUPT = "store_corrupt"
 FRAMES_FILE = "frames.png"
 PIXEL_FILES: dict[str, str] = {"input_reference": "input_reference.png", "remix": "remix_source.png"}
-
+"""The file of each pixel field of a request (`PIXEL_FIELDS`) in its job's folder."""
+assert set(PIXEL_FILES) == set(PIXEL_FIELDS)
 PIXEL_READ_ATTEMPTS = 3
 """Reads of a pixel file before an error other than "missing" makes its job `store_corrupt`: on a remote store a read
 can fail once (a timeout, a dropped connection) and work a moment later, and failing the job then loses it for good."""
 PIXEL_READ_BACKOFF_S = 0.25
 """Wait before the second read; doubled before each further one."""
-"""The file of each pixel field of a request (`PIXEL_FIELDS`) in its job's folder."""
-assert set(PIXEL_FILES) == set(PIXEL_FIELDS)
 _ID_PREFIX = "video_"
 _ID_TIME_DIGITS = 13
 _MISSING_REQUEST_GRACE_S = 60.0  # a job folder this young may be one whose request.json is being written
