@@ -165,7 +165,7 @@ def record_calls(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[Any]
     transformer, run = make_runner()
     forward, context = transformer.forward, transformer.cache_context
     current: list[str | None] = [None]
-    calls: list[Call] = []
+    per_item: list[list[Call]] = []
 
     @contextlib.contextmanager
     def recording_context(name: str):
@@ -175,53 +175,39 @@ def record_calls(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[Any]
         current[0] = None
 
     def recording_forward(*args: Any, **kwargs: Any) -> Any:
-        calls.append((current[0], args, kwargs))
+        per_item[-1].append((current[0], args, kwargs))
         return forward(*args, **kwargs)
 
     transformer.forward, transformer.cache_context = recording_forward, recording_context
-    per_item = []
     for item in items:
-        calls = []
+        per_item.append([])
         run(item)
-        per_item.append(calls)
     return per_item
-
-
-def _replay(transformer: torch.nn.Module, call: Call) -> None:
-    name, args, kwargs = call
-    with transformer.cache_context(name) if name is not None else contextlib.nullcontext():
-        transformer(*args, **kwargs)
-
-
-def _end_generation(transformer: torch.nn.Module) -> None:
-    """What the pipeline does when a call ends: reset stateful hooks (PAB starts the next generation afresh)."""
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is not None:
-        registry.reset_stateful_hooks()
 
 
 def interleave_calls(models: dict[str, torch.nn.Module], generations: list[list[Call]], rounds: int
                      ) -> dict[str, dict[str, list[float]]]:
-    """Seconds per clock, variant and round: each round replays every generation, the variants taking turns call by
-    call in an order that rotates call after call and round after round."""
-    names = list(models)
-    times = {clock: {name: [0.0] * rounds for name in names} for clock in CLOCKS}
-    for r in range(rounds):
-        turn = r
-        for calls in generations:
-            for call in calls:
-                turn += 1
-                shift = turn % len(names)
-                for name in names[shift:] + names[:shift]:
-                    start = {clock: read() for clock, read in CLOCKS.items()}
-                    _replay(models[name], call)
-                    for clock, read in CLOCKS.items():
-                        times[clock][name][r] += read() - start[clock]
-            for model in models.values():
-                _end_generation(model)
-        print(f"round {r + 1}/{rounds} (cpu s): " + ", ".join(f"{k} {t[r]:.3f}" for k, t in times["cpu"].items()),
-              flush=True)
-    return times
+    """`frontier.interleave` over single transformer calls: the variants take turns call by call. After the last
+    call of a generation (untimed) a variant resets its stateful hooks, as the pipeline does when a call ends, so
+    PAB starts the next generation afresh."""
+    calls = [(call, i == len(gen) - 1) for gen in generations for i, call in enumerate(gen)]
+    box: dict[str, torch.nn.Module] = {}
+    variants = [Variant(name, lambda model=model: box.__setitem__("model", model), lambda: None) for name, model in
+                models.items()]
+
+    def replay(item: tuple[Call, bool]) -> bool:
+        (name, args, kwargs), last = item
+        model = box["model"]
+        with model.cache_context(name) if name is not None else contextlib.nullcontext():
+            model(*args, **kwargs)
+        return last
+
+    def end_generation(variant: Variant, round_: int, last: bool) -> None:
+        registry = getattr(box["model"], "_diffusers_hook", None)
+        if last and registry is not None:
+            registry.reset_stateful_hooks()
+
+    return interleave(variants, calls, replay, rounds, keep=end_generation)
 
 
 def _diff(value: float | None) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pab.hooks import ROOT_HOOK
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -39,13 +41,12 @@ def test_a_replayed_generation_makes_the_pipelines_pab_decisions(compile_speed) 
         piped, run = make()
         compile_speed.prepare(piped, "PAB-246", None, None)
         run(items[0])
-        expected = piped._diffusers_hook.get_hook("pab_timestep").state.stats.to_dict()
+        expected = piped._diffusers_hook.get_hook(ROOT_HOOK).state.stats.to_dict()
 
         replayed, _ = make()
         compile_speed.prepare(replayed, "PAB-246", None, None)
-        for call in generations[0]:
-            compile_speed._replay(replayed, call)
-        assert replayed._diffusers_hook.get_hook("pab_timestep").state.stats.to_dict() == expected
+        compile_speed.interleave_calls({"eager PAB-246": replayed}, generations[:1], rounds=1)
+        assert replayed._diffusers_hook.get_hook(ROOT_HOOK).state.stats.to_dict() == expected
         assert expected["kinds"]["cross"]["broadcast"] > 0  # the comparison covers broadcasts, not only computes
 
 
