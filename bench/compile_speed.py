@@ -3,7 +3,9 @@
 Every variant has its own copy of the model (same weights), so switching costs nothing; they run interleaved item by
 item (`bench/frontier.py`'s `interleave`). Compiled variants compile through `PABHandle.compile` (PAB decides outside
 the compiled region); "naive" compiles the whole hooked transformer (`transformer.compile()`), the way a user would
-without this, to show the graph breaks it takes. Warm-up = first generation (compiles) minus a steady one.
+without this, to show the graph breaks it takes; ", input guards" variants compile with `guards="inputs"` (dynamo
+keeps only the guards on each call's arguments, `pab.compiled`). Warm-up = first generation (compiles) minus a steady
+one.
 
     python bench/compile_speed.py                               # tiny-shapes, 8 captions x 1 seed, 5 rounds
     python bench/compile_speed.py --model latte-random --layers 2 --rounds 3     # bench/pab_speed.py's Latte
@@ -39,25 +41,28 @@ CPP = {"cpp_wrapper": True}
 FROZEN = {"freezing": True}  # weights as constants: CPU linear weights prepacked once, no parameter inputs
 FROZEN_CPP = {"freezing": True, "cpp_wrapper": True}
 # name -> (preset or None for the bare model, how to compile: None eager, "pab" PABHandle.compile, "naive" whole
-# model, "plain" the bare model; inductor options)
-VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None]] = {
-    "eager none": (None, None, None),
-    "eager PAB-246": ("PAB-246", None, None),
-    "eager step3f": ("step3f", None, None),
-    "compiled plain (one graph, no hooks)": (None, "plain", None),
-    "compiled none": ("none", "pab", None),
-    "compiled PAB-246": ("PAB-246", "pab", None),
-    "compiled step3f": ("step3f", "pab", None),
-    "compiled none, cpp_wrapper": ("none", "pab", CPP),
-    "compiled PAB-246, cpp_wrapper": ("PAB-246", "pab", CPP),
-    "compiled step3f, cpp_wrapper": ("step3f", "pab", CPP),
-    "compiled none, freezing": ("none", "pab", FROZEN),
-    "compiled PAB-246, freezing": ("PAB-246", "pab", FROZEN),
-    "compiled none, freezing+cpp_wrapper": ("none", "pab", FROZEN_CPP),
-    "compiled PAB-246, freezing+cpp_wrapper": ("PAB-246", "pab", FROZEN_CPP),
-    "compiled step3f, freezing+cpp_wrapper": ("step3f", "pab", FROZEN_CPP),
-    "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None),
+# model, "plain" the bare model; inductor options; PABHandle.compile's guards)
+VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None, str]] = {
+    "eager none": (None, None, None, "full"),
+    "eager PAB-246": ("PAB-246", None, None, "full"),
+    "eager step3f": ("step3f", None, None, "full"),
+    "compiled plain (one graph, no hooks)": (None, "plain", None, "full"),
+    "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None, "full"),
 }
+for _suffix, _options in (("", None), (", cpp_wrapper", CPP), (", freezing", FROZEN),
+                          (", freezing+cpp_wrapper", FROZEN_CPP)):
+    for _guards in ("full", "inputs"):
+        for _preset in ("none", "PAB-246", "step3f"):
+            VARIANTS[f"compiled {_preset}{_suffix}{', input guards' if _guards == 'inputs' else ''}"] = (
+                _preset, "pab", _options, _guards)
+SUFFIXES = [f"{s}{g}" for s in ("", ", cpp_wrapper", ", freezing", ", freezing+cpp_wrapper")
+            for g in ("", ", input guards")]
+DEFAULT_VARIANTS = ["eager none", "eager PAB-246", "eager step3f", "compiled plain (one graph, no hooks)",
+                    *(f"compiled {p}{s}" for s in ("", ", cpp_wrapper", ", cpp_wrapper, input guards")
+                      for p in ("none", "PAB-246", "step3f")),
+                    "compiled none, freezing", "compiled PAB-246, freezing", "compiled none, freezing+cpp_wrapper",
+                    "compiled PAB-246, freezing+cpp_wrapper", "compiled step3f, freezing+cpp_wrapper",
+                    "naive compile, PAB-246 hooks inside"]
 
 
 def _graphs() -> tuple[int, int]:
@@ -71,12 +76,13 @@ def _wall(run: Callable[[Any], Any], items: list[Any]) -> float:
     return time.perf_counter() - start
 
 
-def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None, options: dict | None) -> None:
+def prepare(transformer: torch.nn.Module, preset: str | None, how: str | None, options: dict | None,
+            guards: str) -> None:
     """Hook and/or compile one copy of the transformer as the variant says."""
     handle = apply_pab(transformer, get_preset(preset, model="latte")) if preset else None
     extra = {"options": options} if options else {}
     if how == "pab":
-        handle.compile(fullgraph=True, **extra)
+        handle.compile(guards=guards, fullgraph=True, **extra)
     elif how in ("plain", "naive"):
         transformer.compile(**extra)
 
@@ -88,11 +94,11 @@ def build_variants(make_runner: Callable[[], tuple[torch.nn.Module, Callable[[An
     (each variant's transformer goes into `models` when given)."""
     variants, runners, warm, outputs = [], {}, {}, {}
     for name in names:
-        preset, how, options = VARIANTS[name]
+        preset, how, options, guards = VARIANTS[name]
         transformer, run = make_runner()
         if models is not None:
             models[name] = transformer
-        prepare(transformer, preset, how, options)
+        prepare(transformer, preset, how, options, guards)
         graphs0, breaks0 = _graphs()
         first = _wall(run, items)
         steady = _wall(run, items)
@@ -226,7 +232,7 @@ def report(times: dict[str, list[float]], warm: dict[str, dict[str, Any]], clock
                      f"{w['graph_breaks']} | {w['recompiles_after_warm_up']} | {_diff(w.get('max_abs_diff_vs_eager'))} |")
     eager = speed["eager PAB-246"][0]
     lines.append("")
-    for suffix in ("", ", cpp_wrapper", ", freezing", ", freezing+cpp_wrapper"):
+    for suffix in SUFFIXES:
         if f"compiled PAB-246{suffix}" not in times or f"compiled none{suffix}" not in times:
             continue
         within = speedups(times, f"compiled none{suffix}")[f"compiled PAB-246{suffix}"][0]
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--layers", type=int, default=2, help="latte-random: spatial (and temporal) blocks")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help="subset of the variants (names as listed)")
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
+                   help=f"the variants to run (default: {len(DEFAULT_VARIANTS)} of them), any of: {list(VARIANTS)}")
     p.add_argument("--tag", default="")
     p.add_argument("--per-call", action="store_true",
                    help="tiny-shapes: time the transformer alone, variants interleaved call by call (module docstring)")

@@ -11,6 +11,15 @@ Inductor's `freezing` option (weights as constants: on CPU, linear weights prepa
 `torch.compile`: passed only there, the graphs are built unfrozen. So when `freezing` is asked for, every call of a
 compiled forward (any of which may trace: a new input size recompiles) runs inside a config patch that sets it, and
 nothing outside PAB's forwards is frozen.
+
+Dynamo guards a compiled forward on everything its trace read: on the tiny Latte ~1,900 checks per call, ~1,650 of
+them on the model reached through `self` (each module's hooks dict, type and flags, each weight's metadata). Evaluated
+before every call, they cost a fifth of a compiled forward on the tiny models, and more for PAB, whose five graphs'
+guard trees take turns in the cache. `guards="inputs"` keeps the checks on what a call passes in (its tensors' sizes,
+dtypes, devices and strides, its other arguments, the broadcast outputs, torch's global state) and drops those on the
+model: PAB's own per-forward decisions are in the plan key, so what is left unguarded is the model itself, which
+must then not change after compiling (no new processors, hooks, adapters, training mode or weight shapes; weight
+values may change unless frozen) - compile again after such a change.
 """
 
 from __future__ import annotations
@@ -21,8 +30,18 @@ from typing import Any, Callable
 
 import torch
 
-Plan = tuple[bool, ...]
-"""Per broadcast hook, in the root hook's order: whether it returns a cached (or forecast) output this forward."""
+Plan = tuple[int, ...]
+"""Per broadcast hook, in the root hook's order, what it does this forward: `COMPUTE`, `KEEP` (compute and hand its
+output back, a later step may reuse it) or `REUSE` (return the cached or forecast output)."""
+COMPUTE, KEEP, REUSE = 0, 1, 2
+
+GUARDS = ("full", "inputs")
+"""`full`: dynamo's own guards; `inputs`: only those on the call's arguments and global state (module docstring)."""
+
+
+def drop_model_guards(entries: list[Any]) -> list[bool]:
+    """A dynamo `guard_filter_fn` for a compiled bound method: keep every guard except those on `self`'s attributes."""
+    return [not entry.name.startswith("self.") for entry in entries]
 
 
 def fresh_method(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,9 +57,11 @@ def fresh_method(method: Callable[..., Any]) -> Callable[..., Any]:
 class PlanCompiler:
     """Compiled forwards keyed by plan, compiled on first use with the same `torch.compile` options."""
 
-    def __init__(self, forward: Callable[..., Any], options: dict[str, Any]) -> None:
+    def __init__(self, forward: Callable[..., Any], options: dict[str, Any], guards: str = "full") -> None:
+        if guards not in GUARDS:
+            raise ValueError(f"guards must be one of {GUARDS}, got {guards!r}")
         self._forward = forward
-        self._options = options
+        self._options = with_guards(options, guards)
         self._compiled: dict[Plan, Callable[..., Any]] = {}
         self._tracing_config = _tracing_config(options)
 
@@ -51,7 +72,10 @@ class PlanCompiler:
         return compiled
 
     def _compile(self) -> Callable[..., Any]:
-        compiled = torch.compile(fresh_method(self._forward), **self._options)
+        options = {**self._options}
+        if options.get("options") is not None:  # torch.compile pops `guard_filter_fn` out of it: one copy per graph
+            options["options"] = dict(options["options"])
+        compiled = torch.compile(fresh_method(self._forward), **options)
         patch = self._tracing_config
         if patch is None:
             return compiled
@@ -66,6 +90,23 @@ class PlanCompiler:
     def plans(self) -> int:
         """Distinct plans seen so far (each one compiled graph per input size)."""
         return len(self._compiled)
+
+
+def with_guards(options: dict[str, Any], guards: str) -> dict[str, Any]:
+    """`torch.compile` keyword arguments with the guard filter of `guards` among its `options` (where torch takes it;
+    a `mode` becomes the inductor options it stands for, as torch refuses `mode` and `options` together)."""
+    if guards == "full":
+        return options
+    options = dict(options)
+    inductor = dict(options.pop("options", None) or {})
+    mode = options.pop("mode", None)
+    if mode is not None:
+        if options.get("backend", "inductor") != "inductor":
+            raise ValueError(f"guards='inputs' with a mode needs the inductor backend (mode {mode!r} is inductor's)")
+        from torch._inductor import list_mode_options  # only for a mode with input guards: it imports inductor
+
+        inductor = {**list_mode_options(mode, options.get("dynamic")), **inductor}
+    return {**options, "options": {**inductor, "guard_filter_fn": drop_model_guards}}
 
 
 def _tracing_config(options: dict[str, Any]) -> contextlib.AbstractContextManager | None:

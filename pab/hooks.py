@@ -22,7 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .adapters import MLP_KIND, ModelAdapter, adapter_for
-from .compiled import PlanCompiler
+from .compiled import COMPUTE, KEEP, REUSE, PlanCompiler
 from .config import TIMESTEP_SCALE, PABConfig, PABConfigError
 from .forecast import ForecastHistory
 from .stats import OTHER_KIND, PABStats, comm_scope
@@ -145,7 +145,8 @@ class TimestepHook(ModelHook):
     def _compiled_forward(self) -> Callable[..., Any]:
         """The compiled forward of this forward's plan, with the broadcast outputs bound as its first argument."""
         reuses = tuple(hook.reuse for hook in self.broadcast_hooks)
-        return functools.partial(self.compiler(tuple(r is not None for r in reuses)), reuses)
+        plan = tuple(REUSE if h.reuse is not None else KEEP if h.keeps else COMPUTE for h in self.broadcast_hooks)
+        return functools.partial(self.compiler(plan), reuses)
 
     def forward_with_outputs(self, reuses: tuple[torch.Tensor | None, ...], *args: Any, **kwargs: Any) -> Any:
         """The transformer's forward with each broadcast hook's planned output handed in as an argument (what gets
@@ -195,8 +196,8 @@ class BroadcastHook(ModelHook):
         self.reuse: Any = None  # set by plan(): returned instead of computing
         self.fresh: Any = None  # set by new_forward(): the output computed in this forward, when kept
         # Whether this forward's output is kept (a later step may reuse it): a plain bool set by plan(), because the
-        # compiled region reads it and dynamo then guards one constant instead of the per-pass state behind it.
-        self._keep = False
+        # compiled region reads it (dynamo guards one constant, not the per-pass state behind it; it is in the plan).
+        self.keeps = False
         self._computing: _PassState | None = None
         self._log: list[tuple[str, int]] = []
 
@@ -253,7 +254,7 @@ class BroadcastHook(ModelHook):
         else:
             counts.computed += 1
             self.reuse, self._computing, self._log = None, ps, []
-        self._keep = ps.history is not None
+        self.keeps = ps.history is not None
         ps.counter += 1
         ps.last_timestep = timestep
 
@@ -266,7 +267,7 @@ class BroadcastHook(ModelHook):
         else:
             with comm_scope(self.state.stats, self.kind, self._log):
                 output = self.fn_ref.original_forward(*args, **kwargs)
-        if self._keep:  # a tensor kept here is one more output of a compiled graph: only when a step may reuse it
+        if self.keeps:  # a tensor kept here is one more output of a compiled graph: only when a step may reuse it
             self.fresh = output
         return output
 
@@ -303,11 +304,13 @@ class PABHandle:
     def compiled(self) -> bool:
         return self._root.compiler is not None
 
-    def compile(self, **options: Any) -> None:
+    def compile(self, guards: str = "full", **options: Any) -> None:
         """
         `torch.compile` the transformer's forward under PAB, with PAB's decisions outside the compiled region.
 
         Args:
+            guards: "full" (dynamo's own guards) or "inputs" (only those on each call's arguments: faster calls, but
+                the model must not change after compiling; `pab.compiled`).
             options: passed to `torch.compile` (`backend`, `mode`, `fullgraph`, `dynamic`, ...).
 
         The decisions for a forward are made before it runs, so the compiled forward holds no graph break; it is
@@ -315,7 +318,7 @@ class PABHandle:
         own dynamo cache, picked by a dict lookup). Those combinations repeat with the pyramid's period (PAB-246 on
         Latte: 5 in any number of steps), so nothing recompiles step after step.
         """
-        self._root.compiler = PlanCompiler(self._root.forward_with_outputs, options)
+        self._root.compiler = PlanCompiler(self._root.forward_with_outputs, options, guards)
 
     def uncompile(self) -> None:
         self._root.compiler = None

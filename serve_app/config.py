@@ -257,9 +257,11 @@ class AppConfig(BaseModel):
     compile: bool | dict[str, Any] = Field(
         False,
         description="torch.compile each worker's transformer with PAB's decisions outside the compiled region: true, "
-        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, options, warm_up...). Off by default: on "
+        "or fields of pab.runtime.pipelines.compile.CompileConfig (backend, options, guards, warm_up...); guards "
+        "'inputs' suits a served model, which never changes once loaded (compiled forwards ~10% faster). Off by "
+        "default: on "
         "the 2-core CPU a cold warm-up takes ~26 s (~65 s with options freezing+cpp_wrapper) against a 20 s "
-        "replica-start target, for tiny-shapes generations at most ~0.03 s faster than eager PAB-246 "
+        "replica-start target, for tiny-shapes generations ~0.1 s faster than eager PAB-246 (~260 to pay back) "
         "(BENCHMARKS.md, bench/compile_warmup.py); needs sp_degree=1 and cfg_degree=1: "
         "sequence/CFG parallel cannot be compiled yet.",
     )

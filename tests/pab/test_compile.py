@@ -30,11 +30,11 @@ def _timesteps(steps: int) -> list[float]:
     return [float(t) for t in scheduler.timesteps]
 
 
-def _generation(transformer, timesteps: list[float]) -> list[torch.Tensor]:
-    x = torch.randn(1, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
-    text = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(1))
+def _generation(transformer, timesteps: list[float], batch: int = 1) -> list[torch.Tensor]:
+    x = torch.randn(batch, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(batch, 5, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        return [transformer(x, timestep=torch.tensor([t]), encoder_hidden_states=text, return_dict=False)[0]
+        return [transformer(x, timestep=torch.full((batch,), t), encoder_hidden_states=text, return_dict=False)[0]
                 for t in timesteps]
 
 
@@ -101,6 +101,114 @@ def test_step_rule_under_compile_only_compiles_the_forwards_that_run():
     assert not handle.compiled
 
 
+@pytest.fixture
+def guard_filter_calls(monkeypatch):
+    """(guards dynamo offered, guards kept) for every graph compiled with guards="inputs"."""
+    import pab.compiled
+
+    calls: list[tuple[int, int]] = []
+    drop = pab.compiled.drop_model_guards
+
+    def recording(entries):
+        keep = drop(entries)
+        calls.append((len(keep), sum(keep)))
+        return keep
+
+    monkeypatch.setattr(pab.compiled, "drop_model_guards", recording)
+    return calls
+
+
+def test_input_guards_drop_the_model_guards_of_every_plan_and_compute_the_same(guard_filter_calls):
+    transformer = tiny_latte_transformer(num_layers=2)
+    handle = apply_pab(transformer, get_preset("PAB-246", model="latte"))
+    timesteps = _timesteps(30)
+    eager = _generation(transformer, timesteps)
+    handle.compile(guards="inputs", backend="eager", fullgraph=True)
+    graphs0, breaks0 = _graphs()
+    compiled = _generation(transformer, timesteps)
+    graphs1 = _graphs()[0]
+    assert graphs1 - graphs0 == _distinct_plans(handle, timesteps) and _graphs()[1] == breaks0
+    assert len(guard_filter_calls) == graphs1 - graphs0  # every plan's graph, not only the first one compiled
+    for offered, kept in guard_filter_calls:
+        assert offered > 1000 and kept < offered / 4, (offered, kept)  # ~1,900 -> ~260 on this model
+    _generation(transformer, timesteps)
+    assert _graphs()[0] == graphs1  # still one graph per plan: nothing recompiles
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_input_guards_recompile_for_a_new_input_size(guard_filter_calls):
+    """The call's tensor guards stay: a batch of two is a new graph, not a graph built for one sample."""
+    transformer = tiny_latte_transformer(num_layers=1)
+    handle = apply_pab(transformer, get_preset("PAB-246", model="latte"))
+    timesteps = _timesteps(10)
+    eager = _generation(transformer, timesteps, batch=2)
+    handle.compile(guards="inputs", backend="eager", fullgraph=True)
+    _generation(transformer, timesteps, batch=1)
+    graphs = _graphs()[0]
+    compiled = _generation(transformer, timesteps, batch=2)
+    assert _graphs()[0] > graphs
+    for a, b in zip(eager, compiled):
+        assert b.shape[0] == 2
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_input_guards_follow_a_reconfigured_pab(guard_filter_calls):
+    """Whether a module hands its output back (a later step may reuse it) is in the plan key: unguarded, a graph
+    compiled while spatial attention never broadcast would keep dropping its outputs after `configure` turned it on,
+    and spatial attention would never broadcast again."""
+    import dataclasses
+
+    pab246 = get_preset("PAB-246", model="latte")
+    timesteps = _timesteps(20)
+    reference = tiny_latte_transformer(num_layers=1)
+    reference_handle = apply_pab(reference, pab246)
+    expected = _generation(reference, timesteps)
+    transformer = tiny_latte_transformer(num_layers=1)
+    handle = apply_pab(transformer, dataclasses.replace(pab246, spatial=None))
+    handle.compile(guards="inputs", backend="eager", fullgraph=True)
+    _generation(transformer, timesteps)
+    assert handle.stats.kinds["spatial"].broadcast == 0
+    handle.configure(pab246)
+    compiled = _generation(transformer, timesteps)
+    assert handle.stats.to_dict() == reference_handle.stats.to_dict()
+    assert handle.stats.kinds["spatial"].broadcast > 0
+    for a, b in zip(expected, compiled):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_input_guards_apply_to_a_model_compiled_without_pab(guard_filter_calls):
+    """A generator whose model PAB cannot hook compiles the bare transformer: `guards` reaches it too."""
+    model, x = _TwoLinears().eval(), torch.randn(4, 32)
+    generator = SimpleNamespace(parallel=None, pab_handle=None, pipeline=SimpleNamespace(transformer=model))
+    report = compile_generator(generator, {"backend": "eager", "guards": "inputs", "warm_up": False})
+    with torch.no_grad():
+        expected = model.forward(x)  # the uncompiled forward
+        torch.testing.assert_close(model(x), expected)
+    assert report.to_dict()["guards"] == "inputs" and report.graphs == 1
+    [(offered, kept)] = guard_filter_calls
+    assert kept < offered / 2, (offered, kept)  # the weights' and submodules' guards are gone
+
+
+def test_input_guards_take_a_mode_as_its_inductor_options():
+    from torch._inductor import list_mode_options
+
+    from pab.compiled import drop_model_guards, with_guards
+
+    given = {"backend": "inductor", "mode": "max-autotune-no-cudagraphs", "fullgraph": True}
+    lean = with_guards(given, "inputs")
+    assert "mode" not in lean and lean["fullgraph"] is True
+    assert lean["options"] == {**list_mode_options("max-autotune-no-cudagraphs"), "guard_filter_fn": drop_model_guards}
+    assert given["mode"] == "max-autotune-no-cudagraphs" and "options" not in given  # the caller's dict untouched
+    assert with_guards(given, "full") == given
+    kept = with_guards({"options": {"cpp_wrapper": True}}, "inputs")["options"]
+    assert kept == {"cpp_wrapper": True, "guard_filter_fn": drop_model_guards}
+    with pytest.raises(ValueError, match="needs the inductor backend"):
+        with_guards({"backend": "eager", "mode": "max-autotune-no-cudagraphs"}, "inputs")
+    with pytest.raises(CompileConfigError, match="needs backend 'inductor'"):
+        CompileConfig(backend="eager", mode="max-autotune-no-cudagraphs", guards="inputs")
+
+
 @pytest.mark.slow
 def test_inductor_compiled_pab_matches_eager():
     """The real backend, once: 4 distinct plans of PAB-246 over 8 steps, each a C++ graph (tens of seconds)."""
@@ -144,6 +252,9 @@ def test_compile_config_is_validated_and_refuses_parallel():
         CompileConfig(mode="max-autotune-no-cudagraphs", options={"cpp_wrapper": True})
     with pytest.raises(CompileConfigError, match="bool or a mapping"):
         CompileConfig.resolve("inductor")
+    assert CompileConfig().guards == "full" and CompileConfig.resolve({"guards": "inputs"}).guards == "inputs"
+    with pytest.raises(CompileConfigError, match="guards must be one of"):
+        CompileConfig.resolve({"guards": "none"})
     split = SimpleNamespace(config=ParallelConfig(sp_degree=2), pab_handle=None)
     with pytest.raises(CompileConfigError, match="sp_degree=1"):
         compile_generator(SimpleNamespace(parallel=split, pab_handle=None), True)
@@ -182,6 +293,7 @@ def test_serving_config_exposes_compile_off_by_default():
     assert AppConfig(compile={"mode": "max-autotune-no-cudagraphs"}, sp_degree=1).compile == {
         "mode": "max-autotune-no-cudagraphs"}
     assert AppConfig(compile=True, sp_degree=1).compile is True
+    assert AppConfig(compile={"guards": "inputs"}, sp_degree=1).compile == {"guards": "inputs"}
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -189,6 +301,7 @@ def test_serving_config_exposes_compile_off_by_default():
     ({"compile": True, "sp_degree": 1, "cfg_degree": 2}, "use sp_degree=1 and cfg_degree=1"),
     ({"compile": {"backnd": "eager"}, "sp_degree": 1}, "compile: unknown compile field"),
     ({"compile": {"mode": "max-autotune", "options": {"cpp_wrapper": True}}, "sp_degree": 1}, "mode or options"),
+    ({"compile": {"guards": "some"}, "sp_degree": 1}, "compile: compile: guards must be one of"),
 ])
 def test_serving_config_refuses_a_compile_setting_the_workers_cannot_load(fields, message):
     from pydantic import ValidationError

@@ -39,12 +39,12 @@ def test_a_replayed_generation_makes_the_pipelines_pab_decisions(compile_speed) 
 
     with torch.no_grad():
         piped, run = make()
-        compile_speed.prepare(piped, "PAB-246", None, None)
+        compile_speed.prepare(piped, "PAB-246", None, None, "full")
         run(items[0])
         expected = piped._diffusers_hook.get_hook(ROOT_HOOK).state.stats.to_dict()
 
         replayed, _ = make()
-        compile_speed.prepare(replayed, "PAB-246", None, None)
+        compile_speed.prepare(replayed, "PAB-246", None, None, "full")
         compile_speed.interleave_calls({"eager PAB-246": replayed}, generations[:1], rounds=1)
         assert replayed._diffusers_hook.get_hook(ROOT_HOOK).state.stats.to_dict() == expected
         assert expected["kinds"]["cross"]["broadcast"] > 0  # the comparison covers broadcasts, not only computes

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from pab.compiled import GUARDS, with_guards
 from pab.runtime.request.params import GenerationParams
 
 RECOMPILE_LIMIT = 64
@@ -47,6 +48,11 @@ class CompileConfig:
             transformer's weights per compiled broadcast plan (measured: +36 MiB per plan for 32 MiB of linear
             weights, none without freezing): PAB-246 on Latte compiles 5 plans, so a 1B-parameter fp16 model would
             hold ~10 GB more. Not together with `mode`.
+        guards (`str`, defaults to "full"): "full" keeps dynamo's guards; "inputs" keeps only those on each
+            call's arguments and torch's global state (`pab.compiled`): ~1,900 checks per forward become ~260 on
+            the tiny Latte, and compiled forwards run 7-13% faster there (BENCHMARKS.md). The model must then not
+            change after compiling (processors, hooks, adapters, training mode, weight shapes): right for a served
+            model, which never changes once loaded.
         warm_up (`bool`, defaults to True): Generate once at the model's defaults while compiling, so that the
             first request with the default PAB setting does not pay the compile.
     """
@@ -56,11 +62,16 @@ class CompileConfig:
     fullgraph: bool = True
     dynamic: bool | None = None
     options: dict[str, Any] | None = None
+    guards: str = "full"
     warm_up: bool = True
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.options:
             raise CompileConfigError("compile: give mode or options, not both (torch.compile takes one of them)")
+        if self.guards not in GUARDS:
+            raise CompileConfigError(f"compile: guards must be one of {list(GUARDS)}, got {self.guards!r}")
+        if self.guards == "inputs" and self.mode is not None and self.backend != "inductor":
+            raise CompileConfigError("compile: guards 'inputs' with a mode needs backend 'inductor' (modes are its)")
 
     def compile_kwargs(self) -> dict[str, Any]:
         kwargs = {"backend": self.backend, "mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
@@ -112,7 +123,7 @@ class CompileReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.config.backend, "mode": self.config.mode, "options": self.config.options,
-                "graphs": self.graphs,
+                "guards": self.config.guards, "graphs": self.graphs,
                 "graph_breaks": self.graph_breaks, "warm_up_s": self.warm_up_s}
 
 
@@ -138,9 +149,9 @@ def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | Compile
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     report = CompileReport(config)
     if generator.pab_handle is not None:
-        generator.pab_handle.compile(**config.compile_kwargs())
+        generator.pab_handle.compile(guards=config.guards, **config.compile_kwargs())
     else:
-        generator.pipeline.transformer.compile(**config.compile_kwargs())
+        generator.pipeline.transformer.compile(**with_guards(config.compile_kwargs(), config.guards))
     if config.warm_up:
         report.warm_up_s = _warm_up(generator)
     return report
