@@ -180,7 +180,7 @@ def test_input_guards_follow_a_reconfigured_pab(guard_filter_calls):
 def test_input_guards_apply_to_a_model_compiled_without_pab(guard_filter_calls):
     """A generator whose model PAB cannot hook compiles the bare transformer: `guards` reaches it too."""
     model, x = _TwoLinears().eval(), torch.randn(4, 32)
-    generator = SimpleNamespace(parallel=None, pab_handle=None, pipeline=SimpleNamespace(transformer=model))
+    generator = SimpleNamespace(parallel=None, pab_handles=(), pipeline=SimpleNamespace(transformer=model))
     report = compile_generator(generator, {"backend": "eager", "guards": "inputs", "warm_up": False})
     with torch.no_grad():
         expected = model.forward(x)  # the uncompiled forward
@@ -224,20 +224,38 @@ def test_inductor_compiled_pab_matches_eager():
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
-def test_video_generator_compile_option():
+@pytest.mark.parametrize("guards", ["full", "inputs"])
+def test_video_generator_compile_option(guards):
     params = GenerationParams(prompt="a red disc moving up", seed=5, num_inference_steps=6)
     defaults = {"num_inference_steps": 6}  # the warm-up runs at the defaults
     plain = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", defaults=defaults)
     expected = plain.generate(params)
     assert plain.compile_report is None
-    generator = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", defaults=defaults, compile={"backend": "eager"})
+    generator = VideoGenerator(random_tiny_shapes(0), pab="PAB-246", defaults=defaults,
+                               compile={"backend": "eager", "guards": guards})
     report = generator.compile_report
     assert generator.pab_handle.compiled and report.warm_up_s > 0
     assert report.graphs >= 2 and report.graph_breaks == 0  # the warm-up at the defaults compiled its plans
     got = generator.generate(params)
     np.testing.assert_array_equal(got.frames, expected.frames)
     assert got.stats.pab == expected.stats.pab
-    assert report.to_dict()["backend"] == "eager"
+    assert report.to_dict()["backend"] == "eager" and report.to_dict()["guards"] == guards
+
+
+def test_every_denoising_expert_is_compiled():
+    """Wan 2.2 A14B switches from its first expert to its second at a boundary step: both run compiled."""
+    from pab.runtime.models.registry import EMBEDDED_MODELS
+
+    model = EMBEDDED_MODELS["tiny-wan22"]
+    params = GenerationParams(prompt="a cat", seed=3, num_inference_steps=8)
+    expected = VideoGenerator(model.build(seed=5), pab="PAB-246", defaults=model.defaults()).generate(params)
+    generator = VideoGenerator(model.build(seed=5), pab="PAB-246", defaults=model.defaults(),
+                               compile={"backend": "eager", "warm_up": False})
+    assert len(generator.pab_handles) == 2 and all(handle.compiled for handle in generator.pab_handles)
+    graphs = _graphs()[0]
+    got = generator.generate(params)
+    assert _graphs()[0] - graphs >= 2  # at least one plan of each expert
+    np.testing.assert_array_equal(got.frames, expected.frames)
 
 
 def test_compile_config_is_validated_and_refuses_parallel():
@@ -257,7 +275,7 @@ def test_compile_config_is_validated_and_refuses_parallel():
         CompileConfig.resolve({"guards": "none"})
     split = SimpleNamespace(config=ParallelConfig(sp_degree=2), pab_handle=None)
     with pytest.raises(CompileConfigError, match="sp_degree=1"):
-        compile_generator(SimpleNamespace(parallel=split, pab_handle=None), True)
+        compile_generator(SimpleNamespace(parallel=split, pab_handles=()), True)
 
 
 def test_video_generator_refuses_compile_with_parallel_before_applying_anything():

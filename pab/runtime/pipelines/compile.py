@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from pab.adapters import pipeline_transformers
 from pab.compiled import GUARDS, with_guards
 from pab.runtime.request.params import GenerationParams
 
@@ -148,10 +149,12 @@ def compile_generator(generator: Any, value: "bool | Mapping[str, Any] | Compile
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     report = CompileReport(config)
-    if generator.pab_handle is not None:
-        generator.pab_handle.compile(guards=config.guards, **config.compile_kwargs())
+    if generator.pab_handles:  # every denoising expert (Wan 2.2 A14B has two), each with its own plans
+        for handle in generator.pab_handles:
+            handle.compile(guards=config.guards, **config.compile_kwargs())
     else:
-        generator.pipeline.transformer.compile(**with_guards(config.compile_kwargs(), config.guards))
+        for _, transformer in pipeline_transformers(generator.pipeline):
+            transformer.compile(**with_guards(config.compile_kwargs(), config.guards))
     if config.warm_up:
         report.warm_up_s = _warm_up(generator)
     return report
