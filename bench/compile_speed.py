@@ -49,14 +49,14 @@ VARIANTS: dict[str, tuple[str | None, str | None, dict[str, Any] | None, str]] =
     "compiled plain (one graph, no hooks)": (None, "plain", None, "full"),
     "naive compile, PAB-246 hooks inside": ("PAB-246", "naive", None, "full"),
 }
-for _suffix, _options in (("", None), (", cpp_wrapper", CPP), (", freezing", FROZEN),
-                          (", freezing+cpp_wrapper", FROZEN_CPP)):
-    for _guards in ("full", "inputs"):
+OPTION_SETS = {"": None, ", cpp_wrapper": CPP, ", freezing": FROZEN, ", freezing+cpp_wrapper": FROZEN_CPP}
+GUARD_SUFFIXES = {"full": "", "inputs": ", input guards"}
+SUFFIXES = [f"{o}{g}" for o in OPTION_SETS for g in GUARD_SUFFIXES.values()]
+"""What follows "compiled none" / "compiled PAB-246" in the names of a pair of compiled variants."""
+for _suffix, _options in OPTION_SETS.items():
+    for _guards, _guard_suffix in GUARD_SUFFIXES.items():
         for _preset in ("none", "PAB-246", "step3f"):
-            VARIANTS[f"compiled {_preset}{_suffix}{', input guards' if _guards == 'inputs' else ''}"] = (
-                _preset, "pab", _options, _guards)
-SUFFIXES = [f"{s}{g}" for s in ("", ", cpp_wrapper", ", freezing", ", freezing+cpp_wrapper")
-            for g in ("", ", input guards")]
+            VARIANTS[f"compiled {_preset}{_suffix}{_guard_suffix}"] = (_preset, "pab", _options, _guards)
 DEFAULT_VARIANTS = ["eager none", "eager PAB-246", "eager step3f", "compiled plain (one graph, no hooks)",
                     *(f"compiled {p}{s}" for s in ("", ", cpp_wrapper", ", cpp_wrapper, input guards")
                       for p in ("none", "PAB-246", "step3f")),

@@ -58,8 +58,6 @@ class PlanCompiler:
     """Compiled forwards keyed by plan, compiled on first use with the same `torch.compile` options."""
 
     def __init__(self, forward: Callable[..., Any], options: dict[str, Any], guards: str = "full") -> None:
-        if guards not in GUARDS:
-            raise ValueError(f"guards must be one of {GUARDS}, got {guards!r}")
         self._forward = forward
         self._options = with_guards(options, guards)
         self._compiled: dict[Plan, Callable[..., Any]] = {}
@@ -92,17 +90,24 @@ class PlanCompiler:
         return len(self._compiled)
 
 
+def check_guards(guards: str, backend: Any = "inductor", mode: str | None = None) -> None:
+    """Refuse a `guards` setting `with_guards` cannot apply (ValueError naming it); imports nothing."""
+    if guards not in GUARDS:
+        raise ValueError(f"guards must be one of {list(GUARDS)}, got {guards!r}")
+    if guards == "inputs" and mode is not None and backend != "inductor":
+        raise ValueError(f"guards 'inputs' with a mode needs backend 'inductor' (mode {mode!r} is inductor's)")
+
+
 def with_guards(options: dict[str, Any], guards: str) -> dict[str, Any]:
     """`torch.compile` keyword arguments with the guard filter of `guards` among its `options` (where torch takes it;
     a `mode` becomes the inductor options it stands for, as torch refuses `mode` and `options` together)."""
+    check_guards(guards, options.get("backend", "inductor"), options.get("mode"))
     if guards == "full":
         return options
     options = dict(options)
     inductor = dict(options.pop("options", None) or {})
     mode = options.pop("mode", None)
     if mode is not None:
-        if options.get("backend", "inductor") != "inductor":
-            raise ValueError(f"guards='inputs' with a mode needs the inductor backend (mode {mode!r} is inductor's)")
         from torch._inductor import list_mode_options  # only for a mode with input guards: it imports inductor
 
         inductor = {**list_mode_options(mode, options.get("dynamic")), **inductor}

@@ -203,8 +203,10 @@ def test_input_guards_take_a_mode_as_its_inductor_options():
     assert with_guards(given, "full") == given
     kept = with_guards({"options": {"cpp_wrapper": True}}, "inputs")["options"]
     assert kept == {"cpp_wrapper": True, "guard_filter_fn": drop_model_guards}
-    with pytest.raises(ValueError, match="needs the inductor backend"):
+    with pytest.raises(ValueError, match="needs backend 'inductor'"):
         with_guards({"backend": "eager", "mode": "max-autotune-no-cudagraphs"}, "inputs")
+    with pytest.raises(ValueError, match="guards must be one of"):
+        with_guards({}, "model")
     with pytest.raises(CompileConfigError, match="needs backend 'inductor'"):
         CompileConfig(backend="eager", mode="max-autotune-no-cudagraphs", guards="inputs")
 

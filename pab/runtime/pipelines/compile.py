@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from pab.adapters import pipeline_transformers
-from pab.compiled import GUARDS, with_guards
+from pab.compiled import check_guards, with_guards
 from pab.runtime.request.params import GenerationParams
 
 RECOMPILE_LIMIT = 64
@@ -69,10 +69,10 @@ class CompileConfig:
     def __post_init__(self) -> None:
         if self.mode is not None and self.options:
             raise CompileConfigError("compile: give mode or options, not both (torch.compile takes one of them)")
-        if self.guards not in GUARDS:
-            raise CompileConfigError(f"compile: guards must be one of {list(GUARDS)}, got {self.guards!r}")
-        if self.guards == "inputs" and self.mode is not None and self.backend != "inductor":
-            raise CompileConfigError("compile: guards 'inputs' with a mode needs backend 'inductor' (modes are its)")
+        try:
+            check_guards(self.guards, self.backend, self.mode)
+        except ValueError as exc:
+            raise CompileConfigError(f"compile: {exc}") from None
 
     def compile_kwargs(self) -> dict[str, Any]:
         kwargs = {"backend": self.backend, "mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
